@@ -1,0 +1,127 @@
+"""Frozen dataclass configs and the named preset registries.
+
+Model geometry lives in `PolicyConfig` (presets `tiny`, `small`, `pi05`); sampling in `SamplerConfig`.
+Run-level presets (`mw-quick`, `mt10`, `robosuite`, `robocasa24-pi05`) are defined further down, next to
+the configs of the stages that use them. Every registry lookup gives a did-you-mean error.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+
+class ConfigError(ValueError):
+    """A bad preset name or an invalid combination of options."""
+
+
+def lookup(registry: dict, name: str, what: str):
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"unknown {what} {name!r}.{hint} Known: {', '.join(sorted(registry))}.")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP-style ViT. `width`, `depth`, `mlp_dim`, `num_heads` as in big_vision; `patch` in pixels."""
+
+    width: int = 1152
+    depth: int = 27
+    mlp_dim: int = 4304
+    num_heads: int = 16
+    patch: int = 14
+    image_size: int = 224
+
+
+@dataclass(frozen=True)
+class GemmaConfig:
+    """One Gemma stream (the VLM or the action expert). Attention geometry must match across streams."""
+
+    width: int = 2048
+    depth: int = 18
+    mlp_dim: int = 16384
+    num_heads: int = 8
+    num_kv_heads: int = 1
+    head_dim: int = 256
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """pi0.5 geometry and I/O sizes. `pi05` is the exact 3.35B model."""
+
+    name: str = "pi05"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    vlm: GemmaConfig = field(default_factory=GemmaConfig)
+    expert: GemmaConfig = field(
+        default_factory=lambda: GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
+    )
+    vocab_size: int = 257152
+    cameras: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+    max_token_len: int = 200
+    action_dim: int = 32  # padded model I/O dim
+    action_horizon: int = 50
+    min_period: float = 4e-3
+    max_period: float = 4.0
+    tokenizer: Literal["builtin", "sentencepiece"] = "sentencepiece"
+
+    def with_(self, **kw) -> PolicyConfig:
+        return replace(self, **kw)
+
+
+POLICY_PRESETS: dict[str, PolicyConfig] = {
+    "pi05": PolicyConfig(),
+    # Chosen for 2 CPU cores: 2 cameras at 64x64, 16x16 patches -> 16 tokens per camera, a short
+    # word-level prompt, a narrow MoT. See bench/policy.py for the measured training rate.
+    "tiny": PolicyConfig(
+        name="tiny",
+        vision=VisionConfig(width=128, depth=2, mlp_dim=256, num_heads=4, patch=16, image_size=64),
+        vlm=GemmaConfig(width=128, depth=4, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32),
+        expert=GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32),
+        vocab_size=1024,
+        cameras=("scene", "wrist"),
+        max_token_len=32,
+        action_dim=8,
+        action_horizon=8,
+        tokenizer="builtin",
+    ),
+    "small": PolicyConfig(
+        name="small",
+        vision=VisionConfig(width=384, depth=6, mlp_dim=1536, num_heads=6, patch=16, image_size=128),
+        vlm=GemmaConfig(width=512, depth=8, mlp_dim=2048, num_heads=8, num_kv_heads=1, head_dim=64),
+        expert=GemmaConfig(width=256, depth=8, mlp_dim=1024, num_heads=8, num_kv_heads=1, head_dim=64),
+        vocab_size=4096,
+        cameras=("scene", "wrist"),
+        max_token_len=48,
+        action_dim=32,
+        action_horizon=16,
+        tokenizer="builtin",
+    ),
+}
+
+
+def policy_preset(name: str) -> PolicyConfig:
+    return lookup(POLICY_PRESETS, name, "policy preset")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Flow sampler (algorithms.md §A). t runs from 1 (noise) to 0 (action) on a uniform grid of K steps.
+
+    mode: "ode" is the deterministic Euler sampler (eval); "sde" injects noise at the stochastic steps.
+    stochastic: which steps are stochastic in SDE mode: "single" (one random step per chunk, excluding
+    the last), "window" (`window` consecutive steps at a random start, excluding the last) or "all".
+    noise_level: a in sigma_t = a * sqrt(t / (1 - t)).
+    h_exec / d_exec: noise is injected (and log-probs scored) only on the first h_exec rows and the first
+    d_exec action dims, the entries that the env executes.
+    """
+
+    num_steps: int = 10
+    mode: Literal["ode", "sde"] = "ode"
+    noise_level: float = 0.5
+    stochastic: Literal["single", "window", "all"] = "single"
+    window: int = 2
+    h_exec: int = 50
+    d_exec: int = 32
