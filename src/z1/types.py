@@ -95,3 +95,60 @@ class ChunkResult:
     done: bool  # time limit reached
     t: int  # env step counter after the chunk
     observation: Observation | None  # rendered after the chunk (None if not requested)
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per-dimension statistics of one feature (state or action), float32 arrays of shape (d,)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    q01: np.ndarray
+    q99: np.ndarray
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {k: np.asarray(getattr(self, k), dtype=np.float64).tolist() for k in ("mean", "std", "q01", "q99")}
+
+    @staticmethod
+    def from_json(d: dict[str, list[float]]) -> FeatureStats:
+        return FeatureStats(**{k: np.asarray(d[k], dtype=np.float32) for k in ("mean", "std", "q01", "q99")})
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How the policy sees state and actions. "quantile" maps [q01, q99] to [-1, 1] (pi0.5 default);
+    "meanstd" standardizes. The inverse is applied to actions before they reach the env."""
+
+    state: FeatureStats
+    action: FeatureStats
+    mode: str = "quantile"  # "quantile" | "meanstd"
+
+    def _fwd(self, x: np.ndarray, st: FeatureStats) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if self.mode == "quantile":
+            return (x - st.q01) / (st.q99 - st.q01 + 1e-6) * 2.0 - 1.0
+        return (x - st.mean) / (st.std + 1e-6)
+
+    def _inv(self, y: np.ndarray, st: FeatureStats) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float32)
+        if self.mode == "quantile":
+            return (y + 1.0) / 2.0 * (st.q99 - st.q01 + 1e-6) + st.q01
+        return y * (st.std + 1e-6) + st.mean
+
+    def normalize_state(self, x: np.ndarray) -> np.ndarray:
+        return self._fwd(x, self.state)
+
+    def normalize_action(self, x: np.ndarray) -> np.ndarray:
+        return self._fwd(x, self.action)
+
+    def unnormalize_action(self, y: np.ndarray) -> np.ndarray:
+        return self._inv(y, self.action)
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "state": self.state.to_json(), "action": self.action.to_json()}
+
+    @staticmethod
+    def from_json(d: dict) -> Normalization:
+        if d.get("mode") not in ("quantile", "meanstd"):
+            raise ValueError(f"normalization mode must be 'quantile' or 'meanstd', got {d.get('mode')!r}")
+        return Normalization(FeatureStats.from_json(d["state"]), FeatureStats.from_json(d["action"]), d["mode"])
