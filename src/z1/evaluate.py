@@ -1,0 +1,166 @@
+"""Evaluation: N episodes per task at fixed seeds with the deterministic ODE sampler.
+
+Episodes are spread over the env slots of a vector env; the policy is batched over all slots that
+need an action. Success is latched (Meta-World's protocol: success at any step) and an episode stops
+at its first success or at the time limit. Results are per-task success with a Wilson 95% interval
+and the mean episode length, printed as a markdown table and written as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from z1.rollout.runner import PolicyRunner
+
+EVAL_SEED_BASE = 100_000  # eval seeds never overlap demonstration (0..) or RL training seeds (10_000..)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    episodes_per_task: int = 50
+    seed_base: int = EVAL_SEED_BASE
+    num_steps: int = 10  # denoise steps K (ODE)
+    max_steps: int | None = None  # cap on env steps per episode (default: the env's limit)
+    videos_per_task: int = 0  # record the first N episodes of each task as frame lists
+
+
+@dataclass
+class TaskResult:
+    task: str
+    episodes: int
+    successes: int
+    rate: float
+    ci_low: float
+    ci_high: float
+    mean_length: float
+    mean_success_length: float | None
+    lengths: list[int] = field(default_factory=list)
+    success_flags: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    tasks: dict[str, TaskResult]
+    average: float
+    env_steps: int
+    frames: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)  # task -> episodes -> frames
+
+    def to_json(self) -> dict:
+        return {
+            "average": self.average,
+            "env_steps": self.env_steps,
+            "tasks": {k: asdict(v) for k, v in self.tasks.items()},
+        }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def evaluate(runner: PolicyRunner, venv, tasks: list[str], cfg: EvalConfig, progress=None) -> EvalResult:
+    """Run `cfg.episodes_per_task` episodes per task over the slots of `venv` (a VectorEnv)."""
+    queue = deque((task, cfg.seed_base + i) for task in tasks for i in range(cfg.episodes_per_task))
+    total = len(queue)
+    max_steps = cfg.max_steps or runner.spec.max_steps
+    sampler = runner.sampler("ode", cfg.num_steps)
+    lengths: dict[str, list[int]] = {t: [] for t in tasks}
+    flags: dict[str, list[bool]] = {t: [] for t in tasks}
+    frames: dict[str, list[list[np.ndarray]]] = {t: [] for t in tasks}
+    active: dict[int, dict] = {}
+    obs: dict[int, object] = {}
+    env_steps = 0
+    done_count = 0
+
+    def start(slot: int) -> None:
+        task, seed = queue.popleft()
+        (ob,) = venv.reset([slot], [task], [seed])
+        record = cfg.videos_per_task > 0 and len(frames[task]) < cfg.videos_per_task
+        ep = {"task": task, "seed": seed, "t": 0, "frames": [] if record else None}
+        if record:
+            frames[task].append(ep["frames"])
+            ep["frames"].append(_frame(ob))
+        active[slot] = ep
+        obs[slot] = ob
+
+    for slot in range(min(venv.num_slots, total)):
+        start(slot)
+    while active:
+        slots = sorted(active)
+        acted = runner.act([obs[s] for s in slots], sampler)
+        results = venv.run_chunks(
+            {
+                s: acted.env_actions[i][: max(1, min(runner.h_exec, max_steps - active[s]["t"]))]
+                for i, s in enumerate(slots)
+            },
+            stop_on_success=True,
+            observe=True,
+        )
+        for s in slots:
+            r = results[s]
+            ep = active[s]
+            ep["t"] += r.steps
+            env_steps += r.steps
+            obs[s] = r.observation
+            if ep["frames"] is not None and r.observation is not None:
+                ep["frames"].append(_frame(r.observation))
+            if r.success or r.done or ep["t"] >= max_steps:
+                lengths[ep["task"]].append(ep["t"])
+                flags[ep["task"]].append(bool(r.success))
+                del active[s]
+                done_count += 1
+                if progress is not None:
+                    progress(done_count, total)
+                if queue:
+                    start(s)
+    results_by_task: dict[str, TaskResult] = {}
+    for t in tasks:
+        n = len(flags[t])
+        k = int(sum(flags[t]))
+        lo, hi = wilson_interval(k, n)
+        succ_lens = [ln for ln, f in zip(lengths[t], flags[t]) if f]
+        results_by_task[t] = TaskResult(
+            task=t,
+            episodes=n,
+            successes=k,
+            rate=k / max(1, n),
+            ci_low=lo,
+            ci_high=hi,
+            mean_length=float(np.mean(lengths[t])) if n else 0.0,
+            mean_success_length=float(np.mean(succ_lens)) if succ_lens else None,
+            lengths=lengths[t],
+            success_flags=flags[t],
+        )
+    avg = float(np.mean([r.rate for r in results_by_task.values()])) if results_by_task else 0.0
+    return EvalResult(results_by_task, avg, env_steps, {t: f for t, f in frames.items() if f})
+
+
+def _frame(ob) -> np.ndarray:
+    """All cameras side by side, (y, n*x, 3) uint8."""
+    return np.concatenate([ob.images[c] for c in sorted(ob.images)], axis=1)
+
+
+def markdown_table(result: EvalResult, title: str = "Evaluation") -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| task | success | 95% CI | episodes | mean length |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result.tasks.values():
+        lines.append(
+            f"| {r.task} | {100 * r.rate:.1f}% | [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] "
+            f"| {r.episodes} | {r.mean_length:.1f} |"
+        )
+    lines.append(f"| **average** | **{100 * result.average:.1f}%** | | | |")
+    return "\n".join(lines)
