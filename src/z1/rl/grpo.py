@@ -1,0 +1,233 @@
+"""The clipped GRPO surrogate for flow policies (algorithms.md §B.3 - §B.5) and its statistics (§F).
+
+One PPO term u = (row i, stochastic step j): a row is one recorded chunk (flat trajectory chunk or tree
+edge chunk) and j indexes its stochastic denoise steps (|S| = 1 by default). The trainer computes the
+log-probs (A.4, summed over the scored entries J) and passes per-row advantages and weights:
+
+    W = total_term_weight(weights, valid)                  # over the WHOLE rollout batch, once
+    for epoch in range(cfg.epochs):
+        for idx in minibatch_indices(n, cfg.minibatches, gen):
+            loss, st = grpo_loss(new_lp[idx], old_lp[idx], adv[idx], w[idx], valid[idx], cfg, W)
+            (loss * cfg.minibatches).backward(); opt.step()   # or accumulate micro-batches and step once
+        if kl_early_stop(epoch_k3, cfg): break
+
+Sharing the global denominator W makes micro-batch gradient accumulation exact: summing `grpo_loss`
+over any partition of the batch gives exactly the full-batch loss (B.3, "token-mean" over the global
+batch). When each minibatch is its own optimizer step, scale by the number of minibatches (or pass the
+minibatch's own weight) so the step size does not shrink with the minibatch count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class GRPOError(ValueError):
+    """Mismatched shapes or an invalid config given to the GRPO loss."""
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Surrogate and update schedule (defaults: algorithms.md §B.7).
+
+    clip_low / clip_high: epsilon_low / epsilon_high of clip-higher (DAPO 0.2 / 0.28).
+    dual_clip: c of the dual clip for A < 0 (loss capped at -c A); None disables it.
+    kl_beta: weight of the exact per-step Gaussian KL to the reference (B.4); 0 = no reference forward.
+    adv_clip: advantages are clipped to [-adv_clip, adv_clip] (B.2); None disables.
+    epochs, minibatches: update passes over one rollout batch and optimizer steps per pass (B.5).
+    kl_target: stop the update epochs early when the batch-mean k3 approx-KL exceeds it; None disables.
+    log_ratio_clamp: log r is clamped to [-c, c] before exp (A.7.4).
+    """
+
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = 3.0
+    kl_beta: float = 0.0
+    adv_clip: float | None = 5.0
+    epochs: int = 1
+    minibatches: int = 4
+    kl_target: float | None = 0.02
+    log_ratio_clamp: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.clip_low < 1.0 and self.clip_high > 0.0):
+            raise GRPOError(f"need 0 < clip_low < 1 and clip_high > 0, got {self.clip_low}, {self.clip_high}")
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise GRPOError(f"dual_clip must be > 1 (or None to disable), got {self.dual_clip}")
+        if self.kl_beta < 0:
+            raise GRPOError(f"kl_beta must be >= 0, got {self.kl_beta}")
+        if self.epochs < 1 or self.minibatches < 1:
+            raise GRPOError(f"epochs and minibatches must be >= 1, got {self.epochs}, {self.minibatches}")
+
+
+def total_term_weight(weights: Tensor, valid: Tensor) -> float:
+    """Global denominator of (B1): sum of row weights over all valid terms. weights (n,), valid (n, j)."""
+    if weights.ndim != 1 or valid.ndim != 2 or valid.shape[0] != weights.shape[0]:
+        raise GRPOError(
+            f"weights must be (n,) and valid (n, j); got {tuple(weights.shape)}, {tuple(valid.shape)}"
+        )
+    return float((weights.double()[:, None] * valid.double()).sum())
+
+
+def grpo_loss(
+    new_logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    weights: Tensor,
+    valid: Tensor,
+    cfg: GRPOConfig,
+    total_weight: float,
+    ref_kl: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped surrogate (B1) of one (micro-)batch, normalized by the global term weight.
+
+    new_logprobs, old_logprobs: (n, j) per-step log-probs summed over J (A.3/A.4); new carries gradient.
+    advantages: (n,) one per row (flat: the trajectory's A_i; tree: the edge's A(e), C1).
+    weights: (n,) w_u per row (1 for flat rollouts, the edge mass rho for trees, C.5).
+    valid: (n, j) bool, 0 for padding, chunks after termination and filtered groups.
+    total_weight: `total_term_weight` over the whole rollout batch (not this minibatch).
+    ref_kl: (n, j) exact per-step KL to the reference (`gaussian_kl`), needed when cfg.kl_beta > 0.
+
+        l_u = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high));  if A < 0: l_u = min(l_u, -c A)
+        L   = sum_u w_u l_u / W  +  beta sum_u w_u KL_u / W
+
+    Returns (loss, stats). Stats are w-weighted means over this batch's valid terms, plus `term_weight`
+    (this batch's share of W) and `n_terms`, so the trainer can combine them across minibatches.
+    """
+    n, j = new_logprobs.shape if new_logprobs.ndim == 2 else (-1, -1)
+    for name, t, shape in (
+        ("new_logprobs", new_logprobs, (n, j)),
+        ("old_logprobs", old_logprobs, (n, j)),
+        ("valid", valid, (n, j)),
+        ("advantages", advantages, (n,)),
+        ("weights", weights, (n,)),
+    ):
+        if n < 0 or tuple(t.shape) != shape:
+            raise GRPOError(f"{name} has shape {tuple(t.shape)}; expected {shape} with new_logprobs (n, j)")
+    if ref_kl is not None and tuple(ref_kl.shape) != (n, j):
+        raise GRPOError(f"ref_kl has shape {tuple(ref_kl.shape)}; expected ({n}, {j})")
+    if cfg.kl_beta > 0 and ref_kl is None:
+        raise GRPOError("cfg.kl_beta > 0 needs ref_kl (per-step gaussian_kl to the reference)")
+    if not total_weight > 0:
+        raise GRPOError(
+            f"total_weight must be > 0 (no valid terms in the rollout batch?), got {total_weight}"
+        )
+
+    mask = valid.bool()  # (n, j)
+    diff = (new_logprobs.float() - old_logprobs.float().detach()).masked_fill(~mask, 0.0)
+    log_ratio = diff.clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)  # (n, j)
+    ratio = log_ratio.exp()  # (n, j)
+    adv_raw = advantages.float().detach()
+    adv = adv_raw if cfg.adv_clip is None else adv_raw.clamp(-cfg.adv_clip, cfg.adv_clip)
+    adv2 = adv[:, None].expand(n, j)  # (n, j)
+
+    surr = -adv2 * ratio
+    surr_clipped = -adv2 * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    term = torch.maximum(surr, surr_clipped)  # (n, j)
+    if cfg.dual_clip is not None:
+        term = torch.where(adv2 < 0, torch.minimum(term, -cfg.dual_clip * adv2), term)
+
+    w = weights.float().detach()[:, None] * mask  # (n, j)
+    policy_loss = (w * term.masked_fill(~mask, 0.0)).sum() / total_weight
+    loss = policy_loss
+    kl_loss = None
+    if ref_kl is not None:
+        kl_loss = (w * ref_kl.float().masked_fill(~mask, 0.0)).sum() / total_weight
+        if cfg.kl_beta > 0:
+            loss = loss + cfg.kl_beta * kl_loss
+
+    with torch.no_grad():
+        stats = _stats(log_ratio, ratio, adv2, adv_raw, w, mask, cfg)
+        stats["policy_loss"] = float(policy_loss)
+        stats["loss"] = float(loss)
+        if kl_loss is not None:
+            stats["ref_kl"] = float(kl_loss)
+    return loss, stats
+
+
+def _stats(
+    log_ratio: Tensor, ratio: Tensor, adv2: Tensor, adv_raw: Tensor, w: Tensor, mask: Tensor, cfg: GRPOConfig
+) -> dict[str, float]:
+    wsum = float(w.sum())
+    n_terms = int(mask.sum())
+    out: dict[str, float] = {"term_weight": wsum, "n_terms": float(n_terms)}
+    if n_terms == 0 or wsum <= 0:
+        return out
+
+    def wmean(x: Tensor) -> float:
+        return float((w * x.float()).sum() / wsum)
+
+    r_valid = ratio[mask]
+    mean_r = wmean(ratio)
+    out.update(
+        ratio_mean=mean_r,
+        ratio_std=wmean((ratio - mean_r) ** 2) ** 0.5,
+        ratio_min=float(r_valid.min()),
+        ratio_max=float(r_valid.max()),
+        ratio_abs_dev=wmean((ratio - 1.0).abs()),
+        log_ratio_abs_max=float(log_ratio[mask].abs().max()),
+        # Zero-gradient regions of the clipped objective (§F clip fractions).
+        clip_frac_high=wmean((adv2 > 0) & (ratio > 1.0 + cfg.clip_high)),
+        clip_frac_low=wmean((adv2 < 0) & (ratio < 1.0 - cfg.clip_low)),
+        clip_frac_dual=wmean((adv2 < 0) & (ratio > cfg.dual_clip)) if cfg.dual_clip is not None else 0.0,
+        # approx-KL estimators of KL(old || new) from samples of the old policy (§F).
+        approx_kl_k1=wmean(-log_ratio),
+        approx_kl_k2=wmean(0.5 * log_ratio**2),
+        approx_kl_k3=wmean(ratio - 1.0 - log_ratio),
+        adv_clip_frac=float((adv_raw.abs() > cfg.adv_clip).float().mean())
+        if cfg.adv_clip is not None
+        else 0.0,
+    )
+    return out
+
+
+def kl_early_stop(approx_kl_k3: float, cfg: GRPOConfig) -> bool:
+    """True when the batch-mean k3 approx-KL exceeds cfg.kl_target: stop the remaining epochs (B.5)."""
+    return cfg.kl_target is not None and approx_kl_k3 > cfg.kl_target
+
+
+def ratio_by_step(
+    new_logprobs: Tensor, old_logprobs: Tensor, valid: Tensor, step_ids: Tensor, num_steps: int
+) -> dict[str, float]:
+    """Ratio mean/min/max per denoise-step index k (§F). step_ids (n, j) long: the k of each term."""
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        ratio = (new_logprobs.float() - old_logprobs.float()).exp()
+        for k in range(num_steps):
+            sel = valid.bool() & (step_ids == k)
+            if sel.any():
+                r = ratio[sel]
+                out[f"ratio_mean/k{k}"] = float(r.mean())
+                out[f"ratio_min/k{k}"] = float(r.min())
+                out[f"ratio_max/k{k}"] = float(r.max())
+    return out
+
+
+def gaussian_kl(
+    mean_new: Tensor, mean_ref: Tensor, std: Tensor | float, mask: Tensor | None = None
+) -> Tensor:
+    """Exact KL(N(mu_new, s^2 I) || N(mu_ref, s^2 I)) of one stochastic step, summed over J (B.4).
+
+    mean_new, mean_ref: (..., h, a) step means; std: s_k, a float or a tensor broadcastable to (...);
+    mask: scored entries J, broadcastable to (..., h, a) (e.g. (h, a) with ones on H_exec x d).
+    Returns (...) = sum_J (mu_new - mu_ref)^2 / (2 s^2). Computed in fp32 (A.4).
+    """
+    if mean_new.shape != mean_ref.shape or mean_new.ndim < 2:
+        raise GRPOError(
+            f"mean_new {tuple(mean_new.shape)} and mean_ref {tuple(mean_ref.shape)} must match, (..., h, a)"
+        )
+    s = torch.as_tensor(std, dtype=torch.float32, device=mean_new.device)
+    sq = (mean_new.float() - mean_ref.float()) ** 2  # (..., h, a)
+    if mask is not None:
+        sq = sq * mask.to(sq.dtype)
+    return sq.sum(dim=(-2, -1)) / (2.0 * s**2)
+
+
+def minibatch_indices(n: int, minibatches: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    """A random permutation of range(n) split into `minibatches` nearly equal parts (long tensors)."""
+    if not 1 <= minibatches <= n:
+        raise GRPOError(f"need 1 <= minibatches <= n rows, got minibatches={minibatches}, n={n}")
+    return list(torch.randperm(n, generator=generator).tensor_split(minibatches))
