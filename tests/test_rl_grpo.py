@@ -45,8 +45,8 @@ def test_gradient_at_ratio_one_is_weighted_policy_gradient() -> None:
             if valid[i, k]:
                 brute += -w[i] * adv[i] * feats[i, k]
     torch.testing.assert_close(g.double(), brute / big_w, rtol=1e-5, atol=1e-6)
-    assert st["ratio_mean"] == pytest.approx(1.0) and st["approx_kl_k3"] == pytest.approx(0.0)
-    assert st["clip_frac_low"] == st["clip_frac_high"] == st["clip_frac_dual"] == 0.0
+    assert st["ratio/mean"] == pytest.approx(1.0) and st["approx_kl/k3"] == pytest.approx(0.0)
+    assert st["clip_frac/low"] == st["clip_frac/high"] == st["clip_frac/dual"] == 0.0
 
 
 def one_term(a: float, r: float, cfg: GRPOConfig = GRPOConfig()) -> tuple[float, float, dict]:  # noqa: B008
@@ -63,19 +63,19 @@ def one_term(a: float, r: float, cfg: GRPOConfig = GRPOConfig()) -> tuple[float,
 @pytest.mark.parametrize(
     ("a", "r", "loss", "grad", "flag"),
     [
-        (1.0, 1.5, -1.28, 0.0, "clip_frac_high"),  # A > 0 above 1 + eps_high: clipped, no gradient
+        (1.0, 1.5, -1.28, 0.0, "clip_frac/high"),  # A > 0 above 1 + eps_high: clipped, no gradient
         (1.0, 1.2, -1.2, -1.2, None),  # inside the band
         (1.0, 0.5, -0.5, -0.5, None),  # A > 0 below 1 - eps_low: pessimistic, unclipped
-        (-1.0, 0.7, 0.8, 0.0, "clip_frac_low"),  # A < 0 below 1 - eps_low: clipped, no gradient
+        (-1.0, 0.7, 0.8, 0.0, "clip_frac/low"),  # A < 0 below 1 - eps_low: clipped, no gradient
         (-1.0, 1.5, 1.5, 1.5, None),  # A < 0 above 1 + eps_high, below c: unclipped
-        (-2.0, 5.0, 6.0, 0.0, "clip_frac_dual"),  # A < 0 and r > c: loss capped at -c A = 6
+        (-2.0, 5.0, 6.0, 0.0, "clip_frac/dual"),  # A < 0 and r > c: loss capped at -c A = 6
     ],
 )
 def test_clip_cases(a: float, r: float, loss: float, grad: float, flag: str | None) -> None:
     got_loss, got_grad, st = one_term(a, r)
     assert got_loss == pytest.approx(loss, abs=1e-6)
     assert got_grad == pytest.approx(grad, abs=1e-6)
-    for key in ("clip_frac_high", "clip_frac_low", "clip_frac_dual"):
+    for key in ("clip_frac/high", "clip_frac/low", "clip_frac/dual"):
         assert st[key] == (1.0 if key == flag else 0.0)
 
 
@@ -124,7 +124,7 @@ def test_invalid_terms_are_ignored_even_if_nan() -> None:
     valid = torch.tensor([[True, False]])
     loss, st = grpo_loss(new, old, torch.tensor([1.0]), torch.ones(1), valid, GRPOConfig(), 1.0)
     loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(new.grad).all() and st["n_terms"] == 1.0
+    assert torch.isfinite(loss) and torch.isfinite(new.grad).all() and st["terms/count"] == 1.0
 
 
 def test_advantage_clip_and_approx_kl_stats() -> None:
@@ -139,11 +139,11 @@ def test_advantage_clip_and_approx_kl_stats() -> None:
         3.0,
     )
     r = lr.exp().squeeze(1)
-    assert st["adv_clip_frac"] == pytest.approx(1 / 3)
-    assert st["approx_kl_k1"] == pytest.approx(float(-lr.mean()))
-    assert st["approx_kl_k2"] == pytest.approx(float(0.5 * (lr**2).mean()))
-    assert st["approx_kl_k3"] == pytest.approx(float((r - 1 - lr.squeeze(1)).mean()))
-    assert st["ratio_abs_dev"] == pytest.approx(float((r - 1).abs().mean()))
+    assert st["adv/clip_frac"] == pytest.approx(1 / 3)
+    assert st["approx_kl/k1"] == pytest.approx(float(-lr.mean()))
+    assert st["approx_kl/k2"] == pytest.approx(float(0.5 * (lr**2).mean()))
+    assert st["approx_kl/k3"] == pytest.approx(float((r - 1 - lr.squeeze(1)).mean()))
+    assert st["ratio/abs_dev"] == pytest.approx(float((r - 1).abs().mean()))
     # A = 8 is clipped to 5: the first term is -5 * min(r, 1.28).
     expect = (-5 * float(r[0]) + max(float(r[1]), 0.8) * 1.0 - 0.5 * float(r[2])) / 3
     assert float(loss.detach()) == pytest.approx(expect, rel=1e-5)
@@ -160,7 +160,7 @@ def test_reference_kl_term() -> None:
         new, torch.zeros(2, 1), torch.zeros(2), torch.tensor([1.0, 3.0]), valid, cfg, 4.0, ref_kl
     )
     assert float(loss.detach()) == pytest.approx(0.1 * (0.5 + 4.5) / 4.0)
-    assert st["ref_kl"] == pytest.approx(5.0 / 4.0)
+    assert st["loss/ref_kl"] == pytest.approx(5.0 / 4.0)
     with pytest.raises(GRPOError, match="ref_kl"):
         grpo_loss(new, torch.zeros(2, 1), torch.zeros(2), torch.ones(2), valid, cfg, 2.0)
 
@@ -205,5 +205,5 @@ def test_ratio_by_step() -> None:
     new = torch.tensor([[0.0, 0.1], [0.2, 0.0]])
     steps = torch.tensor([[0, 3], [3, 1]])
     out = ratio_by_step(new, torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool), steps, 4)
-    assert out["ratio_mean/k3"] == pytest.approx(float((torch.tensor([0.1, 0.2]).exp()).mean()))
-    assert "ratio_mean/k2" not in out
+    assert out["ratio_by_step/mean_k3"] == pytest.approx(float((torch.tensor([0.1, 0.2]).exp()).mean()))
+    assert "ratio_by_step/mean_k2" not in out

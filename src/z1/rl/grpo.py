@@ -94,8 +94,10 @@ def grpo_loss(
         l_u = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high));  if A < 0: l_u = min(l_u, -c A)
         L   = sum_u w_u l_u / W  +  beta sum_u w_u KL_u / W
 
-    Returns (loss, stats). Stats are w-weighted means over this batch's valid terms, plus `term_weight`
-    (this batch's share of W) and `n_terms`, so the trainer can combine them across minibatches.
+    Returns (loss, stats). Stats are w-weighted means over this batch's valid terms, keyed "ratio/mean",
+    "ratio/std", "ratio/min", "ratio/max", "ratio/abs_dev", "clip_frac/{low,high,dual}",
+    "approx_kl/{k1,k2,k3}", "adv/clip_frac", "loss/{policy,total,ref_kl}", plus "terms/weight" (this
+    batch's share of W) and "terms/count", so the trainer can combine them across minibatches.
     """
     n, j = new_logprobs.shape if new_logprobs.ndim == 2 else (-1, -1)
     for name, t, shape in (
@@ -141,10 +143,10 @@ def grpo_loss(
 
     with torch.no_grad():
         stats = _stats(log_ratio, ratio, adv2, adv_raw, w, mask, cfg)
-        stats["policy_loss"] = float(policy_loss)
-        stats["loss"] = float(loss)
+        stats["loss/policy"] = float(policy_loss)
+        stats["loss/total"] = float(loss)
         if kl_loss is not None:
-            stats["ref_kl"] = float(kl_loss)
+            stats["loss/ref_kl"] = float(kl_loss)
     return loss, stats
 
 
@@ -153,7 +155,7 @@ def _stats(
 ) -> dict[str, float]:
     wsum = float(w.sum())
     n_terms = int(mask.sum())
-    out: dict[str, float] = {"term_weight": wsum, "n_terms": float(n_terms)}
+    out: dict[str, float] = {"terms/weight": wsum, "terms/count": float(n_terms)}
     if n_terms == 0 or wsum <= 0:
         return out
 
@@ -163,23 +165,27 @@ def _stats(
     r_valid = ratio[mask]
     mean_r = wmean(ratio)
     out.update(
-        ratio_mean=mean_r,
-        ratio_std=wmean((ratio - mean_r) ** 2) ** 0.5,
-        ratio_min=float(r_valid.min()),
-        ratio_max=float(r_valid.max()),
-        ratio_abs_dev=wmean((ratio - 1.0).abs()),
-        log_ratio_abs_max=float(log_ratio[mask].abs().max()),
-        # Zero-gradient regions of the clipped objective (§F clip fractions).
-        clip_frac_high=wmean((adv2 > 0) & (ratio > 1.0 + cfg.clip_high)),
-        clip_frac_low=wmean((adv2 < 0) & (ratio < 1.0 - cfg.clip_low)),
-        clip_frac_dual=wmean((adv2 < 0) & (ratio > cfg.dual_clip)) if cfg.dual_clip is not None else 0.0,
-        # approx-KL estimators of KL(old || new) from samples of the old policy (§F).
-        approx_kl_k1=wmean(-log_ratio),
-        approx_kl_k2=wmean(0.5 * log_ratio**2),
-        approx_kl_k3=wmean(ratio - 1.0 - log_ratio),
-        adv_clip_frac=float((adv_raw.abs() > cfg.adv_clip).float().mean())
-        if cfg.adv_clip is not None
-        else 0.0,
+        {
+            "ratio/mean": mean_r,
+            "ratio/std": wmean((ratio - mean_r) ** 2) ** 0.5,
+            "ratio/min": float(r_valid.min()),
+            "ratio/max": float(r_valid.max()),
+            "ratio/abs_dev": wmean((ratio - 1.0).abs()),
+            "log_ratio/abs_max": float(log_ratio[mask].abs().max()),
+            # Zero-gradient regions of the clipped objective (§F clip fractions).
+            "clip_frac/high": wmean((adv2 > 0) & (ratio > 1.0 + cfg.clip_high)),
+            "clip_frac/low": wmean((adv2 < 0) & (ratio < 1.0 - cfg.clip_low)),
+            "clip_frac/dual": wmean((adv2 < 0) & (ratio > cfg.dual_clip))
+            if cfg.dual_clip is not None
+            else 0.0,
+            # approx-KL estimators of KL(old || new) from samples of the old policy (§F).
+            "approx_kl/k1": wmean(-log_ratio),
+            "approx_kl/k2": wmean(0.5 * log_ratio**2),
+            "approx_kl/k3": wmean(ratio - 1.0 - log_ratio),
+            "adv/clip_frac": float((adv_raw.abs() > cfg.adv_clip).float().mean())
+            if cfg.adv_clip is not None
+            else 0.0,
+        }
     )
     return out
 
@@ -200,9 +206,9 @@ def ratio_by_step(
             sel = valid.bool() & (step_ids == k)
             if sel.any():
                 r = ratio[sel]
-                out[f"ratio_mean/k{k}"] = float(r.mean())
-                out[f"ratio_min/k{k}"] = float(r.min())
-                out[f"ratio_max/k{k}"] = float(r.max())
+                out[f"ratio_by_step/mean_k{k}"] = float(r.mean())
+                out[f"ratio_by_step/min_k{k}"] = float(r.min())
+                out[f"ratio_by_step/max_k{k}"] = float(r.max())
     return out
 
 
