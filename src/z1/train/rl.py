@@ -1,0 +1,313 @@
+"""Task-wise GRPO: collect -> calibrate -> advantages -> update -> eval -> checkpoint.
+
+One iteration rolls out `groups_per_task` groups for every task (each group from one fixed initial
+state, tree-branched or flat), scores them (rl/scoring.py), and takes `grpo.minibatches` optimizer steps
+per epoch on the clipped Flow-SDE surrogate (rl/grpo.py), recomputing the log-prob of the stored
+stochastic denoise step only. With the VLM frozen (expert-only, the default), the prefix KV caches built
+during the rollout are reused by the update as they are.
+
+`--resume` continues exactly: the checkpoint holds the model, the optimizer, every RNG state and the
+per-task reward statistics, and iteration i's env seeds are a function of i.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from z1.evaluate import EvalConfig, EvalResult, evaluate, markdown_table
+from z1.fsutil import write_json_atomic
+from z1.models.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from z1.models.sampling import recompute_logprob
+from z1.rl.grpo import GRPOConfig, grpo_loss, kl_early_stop, minibatch_indices, total_term_weight
+from z1.rl.params import SelectiveConfig, apply_selective, frozen_prefix, grad_norms_by_group
+from z1.rl.reward import RewardConfig, TaskTimeStats
+from z1.rl.scoring import AdvantageConfig, score_batch
+from z1.rollout.collector import RolloutBatch, RolloutConfig, collect_groups
+from z1.train.metrics import MetricsLogger
+from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks
+
+TRAIN_SEED_BASE = 10_000  # training groups; demonstrations use 0.., evaluation 100_000..
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """GRPO post-training of an SFT checkpoint.
+
+    init: the SFT checkpoint directory to start from (`z1 sft` output or an imported pi0.5).
+    out: run directory (checkpoint in `out/ckpt`, metrics in `out/rl_metrics.jsonl`).
+    suite / tasks: simulator suite and task set name (or comma-separated task names).
+    iterations: GRPO iterations; groups_per_task: groups per task per iteration.
+    lr: learning rate of the trained parameters (`selective.lr_expert` is overridden by it).
+    grad_clip: max global grad norm.
+    eval_every / eval_episodes: periodic ODE evaluation (0 disables); final evaluation always runs
+        when eval_episodes > 0.
+    num_slots / workers: env slots and worker processes of the vector env.
+    threads: torch threads in the learner process.
+    seed: base seed of every RNG of the run.
+    resume: continue from `out/ckpt` if it exists.
+    """
+
+    init: str
+    out: str = "runs/rl"
+    suite: str = "metaworld"
+    tasks: str = "mw-quick"
+    iterations: int = 10
+    groups_per_task: int = 2
+    lr: float = 3e-5
+    grad_clip: float = 1.0
+    eval_every: int = 0
+    eval_episodes: int = 20
+    num_slots: int = 16
+    workers: int = 2
+    threads: int = 1
+    seed: int = 0
+    resume: bool = False
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    selective: SelectiveConfig = field(default_factory=SelectiveConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    image_size: int = 64
+
+
+def group_plan(tasks: list[str], groups_per_task: int, iteration: int) -> list[tuple[str, int]]:
+    """(task, seed) for every group of an iteration; seeds are disjoint across iterations and tasks."""
+    n = len(tasks) * groups_per_task
+    base = TRAIN_SEED_BASE + iteration * n
+    return [
+        (t, base + ti * groups_per_task + g) for ti, t in enumerate(tasks) for g in range(groups_per_task)
+    ]
+
+
+def c_med_by_task(stats: TaskTimeStats, tasks: list[str], h_exec: int, max_steps: int) -> dict[str, float]:
+    """Running median success length in chunks (C.2); half the cap when a task has no success yet."""
+    out = {}
+    for t in tasks:
+        lengths = stats.success_lengths.get(t)
+        out[t] = float(np.median(lengths)) / h_exec if lengths else 0.5 * max_steps / h_exec
+    return out
+
+
+def grpo_update(
+    model,
+    optimizer,
+    groups,
+    batch: RolloutBatch,
+    advantages: np.ndarray,
+    weights: np.ndarray,
+    trainable: np.ndarray,
+    sampler,
+    cfg: GRPOConfig,
+    grad_clip: float,
+    prefix_frozen: bool,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Epochs x minibatches of optimizer steps on the trainable chunks of one rollout batch."""
+    idx_all = torch.as_tensor(np.flatnonzero(trainable), dtype=torch.long)
+    out: dict[str, float] = {"update/terms": float(idx_all.numel()), "update/steps": 0.0}
+    if idx_all.numel() == 0:
+        return out
+    adv = torch.as_tensor(advantages, dtype=torch.float32)
+    wts = torch.as_tensor(weights, dtype=torch.float32)
+    valid_all = torch.ones_like(batch.logprobs, dtype=torch.bool)
+    agg: dict[str, list[float]] = {}
+    epochs_run = 0
+    stop = False
+    for epoch in range(cfg.epochs):
+        for mb, local in enumerate(minibatch_indices(int(idx_all.numel()), cfg.minibatches, generator)):
+            idx = idx_all[local]
+            rows = batch.obs_index[idx]
+            if prefix_frozen and batch.caches is not None:
+                cache = batch.caches.index(rows)
+                new_lp, _ = recompute_logprob(
+                    model, None, batch.chains[idx], batch.step_ids[idx], sampler, cache=cache
+                )
+            else:
+                new_lp, _ = recompute_logprob(
+                    model, batch.inputs.index(rows), batch.chains[idx], batch.step_ids[idx], sampler
+                )
+            total = total_term_weight(wts[idx], valid_all[idx])
+            loss, st = grpo_loss(new_lp, batch.logprobs[idx], adv[idx], wts[idx], valid_all[idx], cfg, total)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = grad_norms_by_group(groups)
+            torch.nn.utils.clip_grad_norm_([p for ps in groups.params.values() for p in ps], grad_clip)
+            optimizer.step()
+            out["update/steps"] += 1
+            if epoch == 0 and mb == 0:
+                out["first_mb/log_ratio_abs_mean"] = float(
+                    (new_lp.detach() - batch.logprobs[idx]).abs().mean()
+                )
+            for k, v in {**st, **gn, "loss/policy": float(loss.detach())}.items():
+                agg.setdefault(k, []).append(float(v))
+            if kl_early_stop(st.get("approx_kl/k3", 0.0), cfg):
+                stop = True
+                break
+        epochs_run += 1
+        if stop:
+            break
+    out.update({k: float(np.mean(v)) for k, v in agg.items()})
+    out["update/epochs_run"] = float(epochs_run)
+    out["update/early_stop"] = float(stop)
+    return out
+
+
+def eval_metrics(result: EvalResult, prefix: str = "eval_success") -> dict[str, float]:
+    m = {f"{prefix}/{t}": r.rate for t, r in result.tasks.items()}
+    m[f"{prefix}_avg"] = result.average
+    return m
+
+
+def run_rl(cfg: RLConfig, console=None) -> dict:
+    """The GRPO loop. Returns a summary dict (also written to `out/rl_summary.json`)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "rl_ckpt"
+    resume = cfg.resume and (ckpt_dir / "model.safetensors").exists()
+    loaded = load_checkpoint(ckpt_dir if resume else Path(cfg.init))
+    model = loaded.model
+    if loaded.norm is None:
+        raise ValueError(
+            f"checkpoint {cfg.init} has no normalization stats (norm_stats.json); run `z1 sft` first"
+        )
+    sel = SelectiveConfig(**{**asdict(cfg.selective), "lr_expert": cfg.lr})
+    groups = apply_selective(model, sel)
+    prefix_is_frozen = frozen_prefix(model, sel)
+    optimizer = torch.optim.AdamW(groups.optimizer_groups(), betas=(0.9, 0.95), eps=1e-8)
+    tasks = resolve_tasks(cfg.tasks)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    task_stats = TaskTimeStats()
+    for t in tasks:
+        task_stats.register(t, cfg.rollout.max_steps)
+    start_iter = 0
+    logger = MetricsLogger(out, "rl")
+    if resume:
+        meta = load_train_state(ckpt_dir / "train_state", optimizer)
+        start_iter = int(meta["iteration"]) + 1
+        generator.set_state(meta["torch_rng"])
+        rng.bit_generator.state = meta["numpy_rng"]
+        task_stats = TaskTimeStats.from_json(meta["task_stats"])
+        logger.truncate_after(start_iter - 1)
+    venv = make_vector_env(cfg.suite, cfg.num_slots, cfg.workers, cfg.image_size)
+    try:
+        runner = build_runner(model, loaded, venv.spec, cfg.rollout.h_exec, cfg.rollout.share_prefix)
+        sampler = runner.sampler(
+            "sde", cfg.rollout.num_steps, cfg.rollout.noise_level, cfg.rollout.stochastic, cfg.rollout.window
+        )
+        eval_cfg = EvalConfig(
+            episodes_per_task=cfg.eval_episodes,
+            num_steps=cfg.rollout.num_steps,
+            max_steps=cfg.rollout.max_steps,
+        )
+        flat = cfg.rollout.mode == "flat"
+        if start_iter == 0 and cfg.eval_episodes > 0 and cfg.rollout.mode == "tree":
+            # The SFT policy's success lengths seed C_med (branch points) and T_min (reward calibration).
+            base = evaluate(runner, venv, tasks, eval_cfg)
+            for t, r in base.tasks.items():
+                task_stats.update(t, np.array(r.success_flags), np.array(r.lengths, dtype=float), cfg.reward)
+            logger.log(0, {**eval_metrics(base), "env_steps": 0, "env_steps_flat_equiv": 0})
+        cum_env = cum_flat = 0.0
+        if resume:
+            cum_env = float(meta.get("cum_env_steps", 0.0))
+            cum_flat = float(meta.get("cum_env_steps_flat", 0.0))
+        with progress_bar(console) as progress:
+            it_task = progress.add_task("GRPO", total=cfg.iterations, completed=start_iter)
+            for it in range(start_iter, cfg.iterations):
+                plan = group_plan(tasks, cfg.groups_per_task, it)
+                cmed = c_med_by_task(task_stats, tasks, cfg.rollout.h_exec, cfg.rollout.max_steps)
+                model.eval()
+                batch = collect_groups(
+                    runner, venv, plan, cfg.rollout, rng, generator, cmed, keep_caches=prefix_is_frozen
+                )
+                scored = score_batch(batch, cfg.reward, task_stats, cfg.advantage, flat)
+                model.train()
+                t0 = time.perf_counter()
+                upd = grpo_update(
+                    model,
+                    optimizer,
+                    groups,
+                    batch,
+                    scored.advantages,
+                    scored.weights,
+                    scored.trainable,
+                    sampler,
+                    cfg.grpo,
+                    cfg.grad_clip,
+                    prefix_is_frozen,
+                    generator,
+                )
+                t_update = time.perf_counter() - t0
+                model.eval()
+                cum_env += batch.stats["env_steps"]
+                cum_flat += batch.stats["env_steps_flat_equiv"]
+                metrics: dict[str, float] = {**scored.stats, **upd}
+                metrics.update({f"rollout/{k}": v for k, v in batch.stats.items()})
+                metrics.update(
+                    {"env_steps": cum_env, "env_steps_flat_equiv": cum_flat, "time/update": t_update}
+                )
+                metrics["time/rollout"] = batch.stats["time/rollout"]
+                succ_by_task: dict[str, list[bool]] = {}
+                for g in batch.groups:
+                    _, s, _ = g.leaf_outcomes()
+                    succ_by_task.setdefault(g.task, []).extend(s.tolist())
+                for t, s in succ_by_task.items():
+                    metrics[f"train_success/{t}"] = float(np.mean(s))
+                metrics["train_success_avg"] = float(np.mean([np.mean(s) for s in succ_by_task.values()]))
+                metrics["tree/leaves_per_group"] = float(
+                    np.mean([len(g.tree.leaves()) for g in batch.groups])
+                )
+                metrics["tree/branch_nodes"] = float(
+                    np.mean([len(g.tree.branch_nodes()) for g in batch.groups])
+                )
+                metrics["tree/prefix_forwards_saved"] = batch.stats["prefix_forwards_saved"]
+                if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
+                    metrics.update(eval_metrics(evaluate(runner, venv, tasks, eval_cfg)))
+                logger.log(it + 1, metrics)
+                save_checkpoint(
+                    ckpt_dir,
+                    model,
+                    loaded.norm,
+                    extra={**(loaded.extra or {}), "stage": "rl", "iteration": it},
+                )
+                save_train_state(
+                    ckpt_dir / "train_state",
+                    optimizer,
+                    {"torch_rng": generator.get_state()},
+                    {
+                        "iteration": it,
+                        "numpy_rng": rng.bit_generator.state,
+                        "task_stats": task_stats.to_json(),
+                        "cum_env_steps": cum_env,
+                        "cum_env_steps_flat": cum_flat,
+                    },
+                )
+                progress.update(
+                    it_task,
+                    advance=1,
+                    description=f"GRPO train {100 * metrics['train_success_avg']:.0f}% "
+                    f"env {int(cum_env)} steps",
+                )
+        summary: dict = {"iterations": cfg.iterations, "env_steps": cum_env, "env_steps_flat_equiv": cum_flat}
+        if cfg.eval_episodes > 0:
+            final = evaluate(runner, venv, tasks, eval_cfg)
+            write_json_atomic(out / "eval_final.json", final.to_json())
+            logger.log(cfg.iterations, eval_metrics(final))
+            summary["eval"] = final.to_json()
+            if console is not None:
+                console.print(markdown_table(final, "GRPO policy (ODE)"))
+        write_json_atomic(out / "rl_summary.json", summary)
+        return summary
+    finally:
+        venv.close()
+        logger.close()
+
+
+def config_to_json(cfg: RLConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg), default=str))

@@ -1,0 +1,76 @@
+"""Assembly shared by the stages: task lists, vector envs, the acting policy, progress bars."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from z1.envs.registry import make_env_kwargs, suite_of_task_set, task_set
+from z1.models.tokenizer import make_tokenizer
+from z1.models.transforms import ObservationEncoder
+from z1.rollout.runner import PolicyRunner
+from z1.types import EnvSpec
+
+
+def resolve_tasks(tasks: str) -> list[str]:
+    """A task-set name (`mw-quick`, `mt10`, ...) or a comma-separated list of task names."""
+    if "," in tasks or tasks.endswith("-v3"):
+        return [t.strip() for t in tasks.split(",") if t.strip()]
+    return task_set(tasks)
+
+
+def suite_for(tasks: str, suite: str | None) -> str:
+    if suite:
+        return suite
+    return suite_of_task_set(tasks)
+
+
+def make_vector_env(suite: str, num_slots: int, workers: int, image_size: int):
+    """Env slots in `workers` processes (0 = in-process, sequential)."""
+    from z1.envs.vector import InProcessVectorEnv, VectorEnv
+
+    kw = make_env_kwargs(suite, image_size=(image_size, image_size))
+    if workers <= 0:
+        return InProcessVectorEnv(suite, num_slots, env_kwargs=kw)
+    return VectorEnv(suite, num_slots, num_workers=workers, env_kwargs=kw)
+
+
+def build_runner(model, loaded, spec: EnvSpec, h_exec: int, share_prefix: bool = True) -> PolicyRunner:
+    tokenizer = make_tokenizer(
+        model.config, loaded.tokenizer_path if hasattr(loaded, "tokenizer_path") else None
+    )
+    encoder = ObservationEncoder(model.config, loaded.norm, tokenizer, camera_map=None)
+    return PolicyRunner(model, encoder, loaded.norm, spec, h_exec, share_prefix=share_prefix)
+
+
+@contextmanager
+def progress_bar(console: Console | None = None, transient: bool = False):
+    """A rich progress bar with count, elapsed and remaining time."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=transient,
+    )
+    with progress:
+        orig_add = progress.add_task
+
+        def add_task(description: str, **kw):
+            kw.setdefault("info", "")
+            return orig_add(description, **kw)
+
+        progress.add_task = add_task  # type: ignore[method-assign]
+        yield progress

@@ -1,0 +1,244 @@
+"""Supervised flow-matching fine-tuning (SFT) on a LeRobot dataset.
+
+Training samples are (observation at frame i, the H actions i..i+H-1 of the same episode), padded and
+masked at episode ends. AdamW with linear warmup + cosine decay, gradient clipping, optional EMA, optional
+random-shift image augmentation, optional bf16 autocast. Checkpoints (model + normalization + optimizer +
+RNG states) are written atomically every `ckpt_every` steps; `--resume` continues bit-exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from z1.config import policy_preset
+from z1.data.chunks import ChunkDataset
+from z1.data.lerobot import check_compatible, open_dataset
+from z1.data.normalize import normalization_from_dataset
+from z1.models.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from z1.models.pi05 import Pi05Policy, PolicyInputs
+from z1.models.tokenizer import make_tokenizer, tokenize_prompt
+from z1.train.metrics import MetricsLogger
+from z1.train.schedule import EMA, warmup_cosine
+from z1.train.setup import progress_bar
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Flow-matching SFT.
+
+    dataset: LeRobotDataset directory (v3.0 or v2.1), e.g. the output of `z1 collect`.
+    out: run directory (checkpoint in `out/ckpt`, metrics in `out/sft_metrics.jsonl`).
+    preset: policy size preset (tiny | small | pi05) when starting from scratch.
+    init: start from this checkpoint instead of a fresh model (keeps its normalization unless the
+        dataset's differs).
+    steps / batch_size: optimizer steps and samples per step.
+    lr / final_lr / warmup: peak learning rate, final learning rate of the cosine decay, warmup steps.
+    weight_decay / grad_clip: AdamW weight decay and global grad-norm clip.
+    ema: EMA decay of the weights (0 disables); the EMA weights are what the checkpoint stores.
+    augment: random-shift image augmentation (pad 4 px, random crop).
+    bf16: bf16 autocast for the forward pass (CPU AMX/AVX512-BF16 or GPU).
+    norm: normalization of state and actions ("quantile" is pi0.5's default).
+    ckpt_every / log_every: checkpoint and logging periods in steps.
+    threads: torch threads.
+    seed: seed of model init, batch order, noise and augmentation.
+    resume: continue from `out/ckpt` if it exists.
+    """
+
+    dataset: str
+    out: str = "runs/sft"
+    preset: str = "tiny"
+    init: str | None = None
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    final_lr: float = 3e-5
+    warmup: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    ema: float = 0.0
+    augment: bool = False
+    bf16: bool = False
+    norm: Literal["quantile", "meanstd"] = "quantile"
+    ckpt_every: int = 500
+    log_every: int = 20
+    threads: int = 2
+    seed: int = 0
+    resume: bool = False
+
+
+def images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(b, n, y, x, 3) uint8 -> (b, n, 3, size, size) float in [-1, 1]."""
+    b, n, y, x, c = images.shape
+    out = images.permute(0, 1, 4, 2, 3).reshape(b * n, c, y, x).float().div_(127.5).sub_(1.0)
+    if (y, x) != (size, size):
+        out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.reshape(b, n, c, size, size)
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ-style augmentation: replicate-pad by `pad` px and crop back at a random offset per image."""
+    b, n, c, y, x = images.shape
+    flat = F.pad(images.reshape(b * n, c, y, x), (pad, pad, pad, pad), mode="replicate")
+    offs = torch.randint(0, 2 * pad + 1, (b * n, 2), generator=generator)
+    out = torch.stack([flat[i, :, oy : oy + y, ox : ox + x] for i, (oy, ox) in enumerate(offs.tolist())])
+    return out.reshape(b, n, c, y, x)
+
+
+class SFTData:
+    """Chunk samples plus pre-tokenized prompts (tokenization happens once, not per step)."""
+
+    def __init__(self, chunks: ChunkDataset, tokenizer, max_len: int, image_size: int) -> None:
+        self.chunks = chunks
+        self.image_size = image_size
+        n = len(chunks)
+        self.tokens = torch.zeros((n, max_len), dtype=torch.long)
+        self.token_mask = torch.zeros((n, max_len), dtype=torch.bool)
+        cache: dict[tuple, tuple] = {}
+        for i in range(n):
+            instr, state = chunks.prompt_inputs(i)
+            key = (instr, np.asarray(state, dtype=np.float32).tobytes())
+            if key not in cache:
+                cache[key] = tokenize_prompt(tokenizer, instr, state, max_len)
+            ids, mask = cache[key]
+            self.tokens[i] = torch.as_tensor(ids)
+            self.token_mask[i] = torch.as_tensor(mask)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def batch(self, idx: torch.Tensor) -> tuple[PolicyInputs, torch.Tensor, torch.Tensor]:
+        b = self.chunks.get_batch(idx.numpy())
+        images = images_to_model(torch.as_tensor(b["images"]), self.image_size)  # (b, n, 3, y, x)
+        inputs = PolicyInputs(
+            images=images,
+            image_mask=torch.ones(images.shape[:2], dtype=torch.bool),
+            tokens=self.tokens[idx],
+            token_mask=self.token_mask[idx],
+        )
+        return inputs, torch.as_tensor(b["actions"]), torch.as_tensor(b["action_mask"])
+
+
+def run_sft(cfg: SFTConfig, console=None) -> dict:
+    out = Path(cfg.out)
+    ckpt_dir = out / "sft_ckpt"
+    resume = cfg.resume and (ckpt_dir / "model.safetensors").exists()
+    ds = open_dataset(Path(cfg.dataset))
+    if resume:
+        loaded = load_checkpoint(ckpt_dir)
+        model, norm = loaded.model, loaded.norm
+    elif cfg.init:
+        loaded = load_checkpoint(Path(cfg.init))
+        model, norm = loaded.model, loaded.norm or normalization_from_dataset(ds, cfg.norm)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = Pi05Policy(policy_preset(cfg.preset))
+        norm = normalization_from_dataset(ds, cfg.norm)
+    pc = model.config
+    check_compatible(ds, cameras=pc.cameras, state_dim=None, action_dim=None, max_action_dim=pc.action_dim)
+    chunks = ChunkDataset(ds, pc.action_horizon, pc.action_dim, norm, pc.cameras)
+    data = SFTData(chunks, make_tokenizer(pc, None), pc.max_token_len, pc.vision.image_size)
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in n or "pos_embed" in n else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    start = 0
+    logger = MetricsLogger(out, "sft")
+    if resume:
+        meta = load_train_state(ckpt_dir / "train_state", optimizer)
+        start = int(meta["step"])
+        generator.set_state(meta["tensors"]["torch_rng"])
+        if ema is not None:
+            ema.shadow = {k[len("ema.") :]: v for k, v in meta["tensors"].items() if k.startswith("ema.")}
+            # the checkpoint holds the EMA weights; training continues from the raw weights
+            model.load_state_dict(
+                {
+                    **model.state_dict(),
+                    **{k[len("raw.") :]: v for k, v in meta["tensors"].items() if k.startswith("raw.")},
+                }
+            )
+        logger.truncate_after(start)
+
+    def save(step: int) -> None:
+        tensors = {"torch_rng": generator.get_state()}
+        if ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+            tensors.update({f"raw.{k}": v.detach().clone() for k, v in model.state_dict().items()})
+            raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            ema.copy_to(model)
+            save_checkpoint(
+                ckpt_dir, model, norm, extra={"stage": "sft", "step": step, "dataset": str(cfg.dataset)}
+            )
+            model.load_state_dict(raw)
+        else:
+            save_checkpoint(
+                ckpt_dir, model, norm, extra={"stage": "sft", "step": step, "dataset": str(cfg.dataset)}
+            )
+        save_train_state(ckpt_dir / "train_state", optimizer, tensors, {"step": step})
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    model.train()
+    losses: list[float] = []
+    t_last, n_last = time.perf_counter(), 0
+    t_start = time.perf_counter()
+    last_loss = float("nan")
+    with progress_bar(console) as progress:
+        task = progress.add_task("SFT", total=cfg.steps, completed=start)
+        for step in range(start, cfg.steps):
+            lr = warmup_cosine(step, cfg.warmup, cfg.steps, cfg.lr, cfg.final_lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            idx = torch.randint(0, len(data), (cfg.batch_size,), generator=generator)
+            inputs, actions, mask = data.batch(idx)
+            if cfg.augment:
+                inputs = PolicyInputs(
+                    images=random_shift(inputs.images, 4, generator),
+                    image_mask=inputs.image_mask,
+                    tokens=inputs.tokens,
+                    token_mask=inputs.token_mask,
+                )
+            with autocast:
+                loss = model.compute_loss(inputs, actions, mask, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            last_loss = float(loss.detach())
+            losses.append(last_loss)
+            n_last += cfg.batch_size
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                now = time.perf_counter()
+                sps = n_last / max(now - t_last, 1e-9)
+                logger.log(
+                    step + 1,
+                    {"loss": float(np.mean(losses)), "lr": lr, "grad_norm": gnorm, "samples_per_s": sps},
+                )
+                progress.update(task, info=f"loss {np.mean(losses):.4f}  {sps:.0f} samples/s")
+                losses, t_last, n_last = [], now, 0
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+                save(step + 1)
+            progress.update(task, advance=1)
+    logger.close()
+    return {
+        "steps": cfg.steps,
+        "final_loss": last_loss,
+        "seconds": time.perf_counter() - t_start,
+        "checkpoint": str(ckpt_dir),
+    }
