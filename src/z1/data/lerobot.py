@@ -1,0 +1,29 @@
+"""LeRobotDataset v3.0 writer and v3.0 / v2.1 reader: the one import point for the format.
+
+Writer: `lerobot_write.py` (layout, PNG size per 1,000 frames, atomicity). Reader: `lerobot_read.py`.
+"""
+
+from z1.data.errors import DatasetError
+from z1.data.lerobot_read import (
+    Dataset,
+    Episode,
+    ImageSequence,
+    check_compatible,
+    decode_video_frames,
+    open_dataset,
+)
+from z1.data.lerobot_write import CODEBASE_VERSION, LeRobotWriter, encode_png, make_features
+
+__all__ = [
+    "CODEBASE_VERSION",
+    "Dataset",
+    "DatasetError",
+    "Episode",
+    "ImageSequence",
+    "LeRobotWriter",
+    "check_compatible",
+    "decode_video_frames",
+    "encode_png",
+    "make_features",
+    "open_dataset",
+]
