@@ -1,0 +1,210 @@
+"""Flow sampler: Euler ODE and Flow-SDE steps, Gaussian log-probs, chunk sampling and log-prob recomputation.
+
+Pure functions over a `Pi05Policy` (algorithms.md §A). t runs 1 (noise) -> 0 (action) on a uniform grid.
+Step k maps x^(k) at t_k to x^(k+1) at t_{k+1}, Delta = t_k - t_{k+1}:
+    ODE:  x^(k+1) = x^(k) - Delta * v
+    SDE:  x^(k+1) = mu_k + s_k * m * xi    (A2; m = exec mask, xi ~ N(0, I))
+Only the steps in S (`step_ids`) are stochastic; all others are ODE steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from z1.config import SamplerConfig
+
+if TYPE_CHECKING:
+    from z1.models.pi05 import Pi05Policy, PolicyInputs, PrefixCache
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class ChunkSample:
+    actions: Tensor  # (b, h, a) x at t=0
+    chain: Tensor  # (b, k+1, h, a) x^(0..K), x^(0) = initial noise
+    step_ids: Tensor  # (b, j) int64 stochastic step indices (j=0 for ODE)
+    logprobs: Tensor  # (b, j) float32 log p(x^(k+1) | x^(k)) summed over the scored entries
+
+
+def time_grid(num_steps: int, device: torch.device | str | None = None) -> Tensor:
+    """(k+1,) float32 uniform grid t_k = 1 - k/K from 1 to 0."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    k = torch.arange(num_steps + 1, dtype=torch.float64, device=device)
+    return (1.0 - k / num_steps).to(torch.float32)
+
+
+def _col(t: Tensor | float, like: Tensor) -> Tensor:
+    """A scalar or (b,) time as a float32 tensor broadcastable against (b, h, a)."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=like.device)
+    return t.reshape(-1, *([1] * (like.dim() - 1))) if t.dim() else t
+
+
+def sde_step_stats(
+    x: Tensor,
+    v: Tensor,
+    t: Tensor | float,
+    t_next: Tensor | float,
+    t_first_next: Tensor | float,
+    noise_level: float,
+) -> tuple[Tensor, Tensor]:
+    """Flow-SDE Euler-Maruyama step (A2), first form. x, v (b, h, a); t, t_next scalars or (b,).
+
+    sigma = a * sqrt(t / (1 - t~)), t~ = t except t~ = t_1 (`t_first_next`) at t = 1.
+    mean = x (1 - sigma^2 Delta / (2t)) - Delta v (1 + sigma^2 (1 - t) / (2t)); std = sigma sqrt(Delta).
+    Returns mean (b, h, a) float32 and std broadcastable to it (b, 1, 1) or scalar-shaped.
+    """
+    x, v = x.float(), v.float()
+    tc, tn, t1 = _col(t, x), _col(t_next, x), _col(t_first_next, x)
+    delta = tc - tn
+    t_tilde = torch.where(tc >= 1.0, t1, tc)
+    sigma = noise_level * torch.sqrt(tc / (1.0 - t_tilde))
+    s2 = sigma * sigma
+    mean = x * (1.0 - s2 * delta / (2.0 * tc)) - delta * v * (1.0 + s2 * (1.0 - tc) / (2.0 * tc))
+    std = sigma * torch.sqrt(delta)
+    return mean, std
+
+
+def gaussian_logprob(x_next: Tensor, mean: Tensor, std: Tensor, mask: Tensor) -> Tensor:
+    """(A3) sum over mask entries of log N(x_next; mean, std^2), in fp32. x_next, mean (b, h, a) -> (b,).
+
+    std broadcasts against (b, h, a) and is constant over the scored entries of a row (Flow-SDE);
+    the constant terms are computed once per row so that equal inputs give bit-equal log-probs.
+    """
+    x_next, mean = x_next.float(), mean.float()
+    m = mask.float().expand_as(x_next)
+    b = x_next.shape[0]
+    s = std.float().expand_as(x_next).reshape(b, -1)[:, 0]  # (b,)
+    quad = ((x_next - mean).pow(2) * m).reshape(b, -1).sum(-1)  # (b,)
+    n = m.reshape(b, -1).sum(-1)  # (b,)
+    return -quad / (2.0 * s * s) - n * torch.log(s) - 0.5 * LOG_2PI * n
+
+
+def exec_mask(h: int, a: int, h_exec: int, d_exec: int, device: torch.device | str | None = None) -> Tensor:
+    """(h, a) float32, 1 on the first min(h_exec, h) rows x min(d_exec, a) dims."""
+    if h_exec < 1 or d_exec < 1:
+        raise ValueError(f"h_exec and d_exec must be >= 1, got {h_exec}, {d_exec}")
+    m = torch.zeros(h, a, dtype=torch.float32, device=device)
+    m[: min(h_exec, h), : min(d_exec, a)] = 1.0
+    return m
+
+
+def draw_step_ids(
+    b: int,
+    cfg: SamplerConfig,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(b, j) int64 stochastic steps per row.
+
+    ode: j=0. single: one step in 0..K-2 (never the last). window: W consecutive steps starting in 0..K-1-W.
+    all: every step 0..K-1.
+    """
+    k = cfg.num_steps
+    if cfg.mode == "ode":
+        return torch.zeros(b, 0, dtype=torch.int64, device=device)
+    if cfg.stochastic == "single":
+        if k < 2:
+            raise ValueError("stochastic='single' excludes the last step, so it needs num_steps >= 2")
+        return torch.randint(0, k - 1, (b, 1), generator=generator).to(device)
+    if cfg.stochastic == "window":
+        w = cfg.window
+        if not 1 <= w <= k - 1:
+            raise ValueError(f"window={w} must be in 1..num_steps-1={k - 1} (the last step is excluded)")
+        start = torch.randint(0, k - w, (b, 1), generator=generator)
+        return (start + torch.arange(w)).to(device)
+    if cfg.stochastic == "all":
+        return torch.arange(k, device=device).expand(b, k).clone()
+    raise ValueError(f"unknown stochastic mode {cfg.stochastic!r}; use 'single', 'window' or 'all'")
+
+
+@torch.no_grad()
+def sample_chunk(
+    policy: Pi05Policy,
+    cache: PrefixCache,
+    noise: Tensor,
+    cfg: SamplerConfig,
+    generator: torch.Generator | None = None,
+    step_ids: Tensor | None = None,
+) -> ChunkSample:
+    """Integrate x from t=1 (noise (b, h, a)) to t=0 with the cached prefix; SDE at `step_ids` in sde mode."""
+    b, h, a = noise.shape
+    if cache.batch_size != b:
+        raise ValueError(f"cache has {cache.batch_size} rows but noise has {b}; use cache.expand(g)")
+    grid = time_grid(cfg.num_steps, noise.device)
+    k_steps = cfg.num_steps
+    if cfg.mode == "ode":
+        step_ids = torch.zeros(b, 0, dtype=torch.int64, device=noise.device)
+    elif step_ids is None:
+        step_ids = draw_step_ids(b, cfg, generator, noise.device)
+    if step_ids.shape[0] != b or (step_ids.numel() and (step_ids.min() < 0 or step_ids.max() >= k_steps)):
+        raise ValueError(f"step_ids must be (b={b}, j) with values in 0..{k_steps - 1}")
+    m = exec_mask(h, a, cfg.h_exec, cfg.d_exec, noise.device)
+    x = noise.float()
+    chain = [x]
+    logprobs = torch.zeros(step_ids.shape, dtype=torch.float32, device=noise.device)
+    for k in range(k_steps):
+        t, t_next = grid[k], grid[k + 1]
+        v = policy.velocity(cache, x, t.expand(b)).float()
+        x_ode = x - (t - t_next) * v
+        hit = step_ids == k  # (b, j)
+        if cfg.mode == "sde" and bool(hit.any()):
+            mean, std = sde_step_stats(x, v, t, t_next, grid[1], cfg.noise_level)
+            xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_sde = mean + std * m * xi
+            lp = gaussian_logprob(x_sde, mean, std.expand(b, 1, 1), m)  # (b,)
+            logprobs = torch.where(hit, lp[:, None], logprobs)
+            x = torch.where(hit.any(-1)[:, None, None], x_sde, x_ode)
+        else:
+            x = x_ode
+        chain.append(x)
+    return ChunkSample(actions=x, chain=torch.stack(chain, dim=1), step_ids=step_ids, logprobs=logprobs)
+
+
+def recompute_logprob(
+    policy: Pi05Policy,
+    inputs: PolicyInputs | None,
+    chain: Tensor,
+    step_ids: Tensor,
+    cfg: SamplerConfig,
+    cache: PrefixCache | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Log-probs of the stored transitions at the stochastic steps, with grad (for the GRPO trainer).
+
+    chain (b, k+1, h, a); step_ids (b, j). Builds the prefix once (unless `cache` is given) and evaluates the
+    velocity only at (x^(k), t_k) for k in step_ids. Returns logprobs (b, j) and means (b, j, h, a).
+    """
+    b, kp1, h, a = chain.shape
+    if kp1 != cfg.num_steps + 1:
+        raise ValueError(
+            f"chain has {kp1} states but cfg.num_steps={cfg.num_steps} needs {cfg.num_steps + 1}"
+        )
+    j = step_ids.shape[1]
+    if step_ids.shape[0] != b:
+        raise ValueError(f"step_ids has {step_ids.shape[0]} rows, chain has {b}")
+    if cache is None:
+        if inputs is None:
+            raise ValueError("recompute_logprob needs either inputs or a prefix cache")
+        cache = policy.build_prefix_cache(inputs)
+    if cache.batch_size != b:
+        raise ValueError(f"prefix has {cache.batch_size} rows but the chain has {b}")
+    if j == 0:
+        empty = chain.new_zeros(b, 0)
+        return empty, chain.new_zeros(b, 0, h, a)
+    grid = time_grid(cfg.num_steps, chain.device)
+    rows = torch.arange(b, device=chain.device)[:, None]
+    x_k = chain[rows, step_ids].reshape(b * j, h, a)  # (b*j, h, a)
+    x_next = chain[rows, step_ids + 1].reshape(b * j, h, a)
+    t = grid[step_ids].reshape(b * j)
+    t_next = grid[step_ids + 1].reshape(b * j)
+    v = policy.velocity(cache.expand(j), x_k, t)
+    mean, std = sde_step_stats(x_k, v, t, t_next, grid[1], cfg.noise_level)
+    m = exec_mask(h, a, cfg.h_exec, cfg.d_exec, chain.device)
+    lp = gaussian_logprob(x_next, mean, std, m)
+    return lp.reshape(b, j), mean.reshape(b, j, h, a)
