@@ -14,7 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from z1.envs.registry import make_env_kwargs, suite_of_task_set, task_set
+from z1.envs.registry import suite_of_task_set, task_set
 from z1.models.tokenizer import make_tokenizer
 from z1.models.transforms import ObservationEncoder
 from z1.rollout.runner import PolicyRunner
@@ -38,7 +38,7 @@ def make_vector_env(suite: str, num_slots: int, workers: int, image_size: int):
     """Env slots in `workers` processes (0 = in-process, sequential)."""
     from z1.envs.vector import InProcessVectorEnv, VectorEnv
 
-    kw = make_env_kwargs(suite, image_size=(image_size, image_size))
+    kw = {"image_size": (image_size, image_size)}
     if workers <= 0:
         return InProcessVectorEnv(suite, num_slots, env_kwargs=kw)
     return VectorEnv(suite, num_slots, num_workers=workers, env_kwargs=kw)

@@ -25,6 +25,7 @@ from z1.data.normalize import normalization_from_dataset
 from z1.models.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from z1.models.pi05 import Pi05Policy, PolicyInputs
 from z1.models.tokenizer import make_tokenizer, tokenize_prompt
+from z1.models.transforms import images_to_model
 from z1.train.metrics import MetricsLogger
 from z1.train.schedule import EMA, warmup_cosine
 from z1.train.setup import progress_bar
@@ -74,13 +75,10 @@ class SFTConfig:
     resume: bool = False
 
 
-def images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
+def camera_images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
     """(b, n, y, x, 3) uint8 -> (b, n, 3, size, size) float in [-1, 1]."""
-    b, n, y, x, c = images.shape
-    out = images.permute(0, 1, 4, 2, 3).reshape(b * n, c, y, x).float().div_(127.5).sub_(1.0)
-    if (y, x) != (size, size):
-        out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.reshape(b, n, c, size, size)
+    b, n = images.shape[:2]
+    return images_to_model(images.reshape(b * n, *images.shape[2:]), size).reshape(b, n, 3, size, size)
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -116,7 +114,7 @@ class SFTData:
 
     def batch(self, idx: torch.Tensor) -> tuple[PolicyInputs, torch.Tensor, torch.Tensor]:
         b = self.chunks.get_batch(idx.numpy())
-        images = images_to_model(torch.as_tensor(b["images"]), self.image_size)  # (b, n, 3, y, x)
+        images = camera_images_to_model(torch.as_tensor(b["images"]), self.image_size)  # (b, n, 3, y, x)
         inputs = PolicyInputs(
             images=images,
             image_mask=torch.ones(images.shape[:2], dtype=torch.bool),
