@@ -1,0 +1,170 @@
+"""Flow sampler: SDE step algebra, Gaussian log-prob, ODE/SDE consistency and log-prob recomputation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from z1.config import SamplerConfig, policy_preset
+from z1.models.pi05 import Pi05Policy, PolicyInputs
+from z1.models.sampling import (
+    draw_step_ids,
+    exec_mask,
+    gaussian_logprob,
+    recompute_logprob,
+    sample_chunk,
+    sde_step_stats,
+    time_grid,
+)
+
+CFG = policy_preset("tiny")
+H, A = CFG.action_horizon, CFG.action_dim
+
+
+def make_inputs(b: int, seed: int = 0) -> PolicyInputs:
+    g = torch.Generator().manual_seed(seed)
+    n, s, l = len(CFG.cameras), CFG.vision.image_size, CFG.max_token_len
+    token_mask = torch.arange(l)[None, :] < torch.randint(3, l + 1, (b, 1), generator=g)
+    return PolicyInputs(
+        images=torch.rand(b, n, 3, s, s, generator=g) * 2 - 1,
+        image_mask=torch.ones(b, n, dtype=torch.bool),
+        tokens=torch.randint(0, CFG.vocab_size, (b, l), generator=g),
+        token_mask=token_mask,
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> Pi05Policy:
+    torch.manual_seed(0)
+    m = Pi05Policy(CFG)
+    with torch.no_grad():  # make the adaRMS path non-trivial
+        for name, p in m.named_parameters():
+            if ".dense." in name or name.startswith("expert_norm"):
+                p.normal_(0.0, 0.1)
+    return m.eval()
+
+
+def test_time_grid_and_exec_mask():
+    assert torch.equal(time_grid(4), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    m = exec_mask(4, 3, 2, 5)
+    assert m.tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 0], [0, 0, 0]]
+
+
+def test_sde_step_stats_two_forms_and_closed_form_std():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, generator=g, dtype=torch.float64).float()
+    v = torch.randn(3, 4, 5, generator=g, dtype=torch.float64).float()
+    grid = time_grid(10)
+    a = 0.5
+    for k in range(10):
+        t, tn = float(grid[k]), float(grid[k + 1])
+        mean, std = sde_step_stats(x, v, grid[k], grid[k + 1], grid[1], a)
+        # second form: (1 - t') a_hat + (t' - sigma^2 Delta / (2t)) eps_hat, in float64 by hand
+        t_tilde = float(grid[1]) if k == 0 else t
+        sigma = a * math.sqrt(t / (1 - t_tilde))
+        delta = t - tn
+        xd, vd = x.double(), v.double()
+        a_hat, eps_hat = xd - t * vd, xd + (1 - t) * vd
+        mean2 = (1 - tn) * a_hat + (tn - sigma**2 * delta / (2 * t)) * eps_hat
+        torch.testing.assert_close(mean.double(), mean2, rtol=1e-5, atol=1e-5)
+        # closed form on the uniform grid: s_0 = a, s_k = a sqrt(t_k / k)
+        want_std = a if k == 0 else a * math.sqrt(t / k)
+        assert abs(float(std) - want_std) < 1e-6
+    # per-row times give the same numbers as scalar times
+    tk = torch.tensor([1.0, 0.5, 0.1])
+    tn = tk - 0.1
+    mean_rows, std_rows = sde_step_stats(x, v, tk, tn, grid[1], a)
+    for i in range(3):
+        m_i, s_i = sde_step_stats(x[i : i + 1], v[i : i + 1], tk[i], tn[i], grid[1], a)
+        assert torch.equal(mean_rows[i : i + 1], m_i) and torch.equal(std_rows[i].reshape(()), s_i)
+    # noise level 0 is the Euler ODE step exactly
+    m0, s0 = sde_step_stats(x, v, grid[3], grid[4], grid[1], 0.0)
+    assert torch.equal(m0, x - (grid[3] - grid[4]) * v) and float(s0) == 0.0
+
+
+def test_gaussian_logprob_matches_torch_normal():
+    g = torch.Generator().manual_seed(1)
+    mean = torch.randn(4, H, A, generator=g)
+    std = torch.tensor([0.3, 0.05, 1.0, 0.2]).reshape(4, 1, 1)
+    x = mean + std * torch.randn(4, H, A, generator=g)
+    mask = exec_mask(H, A, 5, 3)
+    want = (torch.distributions.Normal(mean, std.expand_as(mean)).log_prob(x) * mask).sum((1, 2))
+    torch.testing.assert_close(gaussian_logprob(x, mean, std, mask), want, rtol=1e-5, atol=1e-4)
+
+
+def test_draw_step_ids_ranges():
+    g = torch.Generator().manual_seed(0)
+    single = draw_step_ids(2000, SamplerConfig(mode="sde", stochastic="single", num_steps=5), g)
+    assert single.shape == (2000, 1) and set(single.flatten().tolist()) == {0, 1, 2, 3}
+    win = draw_step_ids(2000, SamplerConfig(mode="sde", stochastic="window", window=2, num_steps=5), g)
+    assert win.shape == (2000, 2) and set(win[:, 0].tolist()) == {0, 1, 2}
+    assert torch.equal(win[:, 1], win[:, 0] + 1)
+    assert (
+        draw_step_ids(3, SamplerConfig(mode="sde", stochastic="all", num_steps=5), g).tolist()
+        == [[0, 1, 2, 3, 4]] * 3
+    )
+    assert draw_step_ids(3, SamplerConfig(mode="ode"), g).shape == (3, 0)
+
+
+def test_noise_level_zero_sde_equals_ode_bitwise(model):
+    inputs = make_inputs(3)
+    noise = torch.randn(3, H, A, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cache = model.build_prefix_cache(inputs)
+    ode = sample_chunk(model, cache, noise, SamplerConfig(mode="ode", num_steps=5))
+    sde = sample_chunk(
+        model, cache, noise, SamplerConfig(mode="sde", stochastic="all", noise_level=0.0, num_steps=5),
+        torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    assert torch.equal(ode.actions, sde.actions) and torch.equal(ode.chain, sde.chain)
+    assert ode.step_ids.shape == (3, 0) and ode.logprobs.shape == (3, 0)
+    assert torch.equal(ode.chain[:, 0], noise) and ode.chain.shape == (3, 6, H, A)
+    # and a > 0 actually perturbs exactly the exec entries
+    cfg = SamplerConfig(mode="sde", stochastic="all", noise_level=0.5, num_steps=5, h_exec=4, d_exec=3)
+    noisy = sample_chunk(model, cache, noise, cfg, torch.Generator().manual_seed(3))
+    assert not torch.equal(noisy.actions[:, :4, :3], ode.actions[:, :4, :3])
+
+
+@pytest.mark.parametrize("stochastic", ["single", "window", "all"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_recompute_logprob_matches_rollout(model, stochastic, shared):
+    cfg = SamplerConfig(
+        mode="sde", stochastic=stochastic, window=2, noise_level=0.5, num_steps=5, h_exec=6, d_exec=5
+    )
+    g = torch.Generator().manual_seed(7)
+    if shared:  # G rows from one observation, prefix computed once
+        one = make_inputs(1, seed=11)
+        inputs = one.expand(4)
+        with torch.no_grad():
+            cache = model.build_prefix_cache(one).expand(4)
+    else:
+        inputs = make_inputs(4, seed=12)
+        with torch.no_grad():
+            cache = model.build_prefix_cache(inputs)
+    noise = torch.randn(4, H, A, generator=g)
+    out = sample_chunk(model, cache, noise, cfg, g)
+    j = {"single": 1, "window": 2, "all": 5}[stochastic]
+    assert out.step_ids.shape == (4, j) and out.logprobs.shape == (4, j)
+    assert torch.isfinite(out.logprobs).all()
+    # entries outside the exec mask follow the ODE; the stochastic transition equals the Normal density
+    lp, means = recompute_logprob(model, inputs, out.chain, out.step_ids, cfg)
+    assert lp.requires_grad
+    torch.testing.assert_close(torch.exp(lp - out.logprobs), torch.ones_like(lp), rtol=0, atol=1e-5)
+    lp2, _ = recompute_logprob(model, None, out.chain, out.step_ids, cfg, cache=cache)
+    torch.testing.assert_close(torch.exp(lp2 - out.logprobs), torch.ones_like(lp), rtol=0, atol=1e-5)
+    grid = time_grid(cfg.num_steps)
+    m = exec_mask(H, A, cfg.h_exec, cfg.d_exec)
+    for r in range(4):
+        for c, k in enumerate(out.step_ids[r].tolist()):
+            std = 0.5 * math.sqrt(float(grid[k]) / max(k, 1)) if k else 0.5
+            x_next = out.chain[r, k + 1]
+            ref = (torch.distributions.Normal(means[r, c].detach(), std).log_prob(x_next) * m).sum()
+            assert abs(float(ref) - float(out.logprobs[r, c])) < 1e-3
+            # off-mask entries of a stochastic step are the deterministic (SDE-mean) update
+            torch.testing.assert_close(x_next[m == 0], means[r, c].detach()[m == 0], rtol=0, atol=1e-5)
+    # gradient flows to the action expert
+    lp.sum().backward()
+    assert model.layers[0].expert.attn.q.weight.grad is not None
+    model.zero_grad(set_to_none=True)
