@@ -40,3 +40,20 @@ def test_missing_adapter_is_a_clear_error(suite):
         pytest.skip(f"z1.envs.{suite} exists")
     with pytest.raises(EnvError, match=suite):
         make_env(suite)
+
+
+def test_commands(tmp_path):
+    from rich.console import Console
+
+    from z1.envs.commands import check_experts, list_tasks, show_task
+
+    table = list_tasks("metaworld")
+    assert "press the button from the top" in table and "mw-quick" in table
+    res = check_experts(
+        "metaworld", ["button-press-topdown-v3"], [0, 1], noise=0.1, console=Console(quiet=True)
+    )
+    assert res["tasks"]["button-press-topdown-v3"]["success_rate"] == 1.0
+    with pytest.raises(EnvError, match="reach-v3"):
+        check_experts("metaworld", ["reach-v33"], [0])
+    paths = show_task("reach-v3", tmp_path, seed=0)
+    assert sorted(p.name for p in paths) == ["reach-v3_seed0_scene.png", "reach-v3_seed0_wrist.png"]
