@@ -189,10 +189,14 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     start_iter = 0
     logger = MetricsLogger(out, "rl")
     if resume:
-        meta = load_train_state(ckpt_dir / "train_state", optimizer)
+        state = load_train_state(
+            ckpt_dir / "train_state",
+            optimizer,
+            torch_generators={"main": generator},
+            numpy_rngs={"main": rng},
+        )
+        meta = state.meta
         start_iter = int(meta["iteration"]) + 1
-        generator.set_state(meta["torch_rng"])
-        rng.bit_generator.state = meta["numpy_rng"]
         task_stats = TaskTimeStats.from_json(meta["task_stats"])
         logger.truncate_after(start_iter - 1)
     venv = make_vector_env(cfg.suite, cfg.num_slots, cfg.workers, cfg.image_size)
@@ -279,14 +283,15 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                 save_train_state(
                     ckpt_dir / "train_state",
                     optimizer,
-                    {"torch_rng": generator.get_state()},
+                    {},
                     {
                         "iteration": it,
-                        "numpy_rng": rng.bit_generator.state,
                         "task_stats": task_stats.to_json(),
                         "cum_env_steps": cum_env,
                         "cum_env_steps_flat": cum_flat,
                     },
+                    torch_generators={"main": generator},
+                    numpy_rngs={"main": rng},
                 )
                 progress.update(
                     it_task,

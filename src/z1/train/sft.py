@@ -50,7 +50,8 @@ class SFTConfig:
     ckpt_every / log_every: checkpoint and logging periods in steps.
     threads: torch threads.
     seed: seed of model init, batch order, noise and augmentation.
-    resume: continue from `out/ckpt` if it exists.
+    resume: continue from `out/sft_ckpt` if it exists.
+    stop_after: stop (with a checkpoint) after this many steps; the schedule still spans `steps`.
     """
 
     dataset: str
@@ -73,6 +74,7 @@ class SFTConfig:
     threads: int = 2
     seed: int = 0
     resume: bool = False
+    stop_after: int | None = None
 
 
 def camera_images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -158,36 +160,36 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     start = 0
     logger = MetricsLogger(out, "sft")
     if resume:
-        meta = load_train_state(ckpt_dir / "train_state", optimizer)
-        start = int(meta["step"])
-        generator.set_state(meta["tensors"]["torch_rng"])
+        state = load_train_state(ckpt_dir / "train_state", optimizer, torch_generators={"batches": generator})
+        start = int(state.meta["step"])
         if ema is not None:
-            ema.shadow = {k[len("ema.") :]: v for k, v in meta["tensors"].items() if k.startswith("ema.")}
-            # the checkpoint holds the EMA weights; training continues from the raw weights
-            model.load_state_dict(
-                {
-                    **model.state_dict(),
-                    **{k[len("raw.") :]: v for k, v in meta["tensors"].items() if k.startswith("raw.")},
-                }
-            )
+            # The checkpoint holds the EMA weights; training continues from the raw weights.
+            ema.shadow = {
+                k.removeprefix("ema."): v for k, v in state.extra_tensors.items() if k.startswith("ema.")
+            }
+            raw = {k.removeprefix("raw."): v for k, v in state.extra_tensors.items() if k.startswith("raw.")}
+            model.load_state_dict(raw)
         logger.truncate_after(start)
 
     def save(step: int) -> None:
-        tensors = {"torch_rng": generator.get_state()}
+        extra = {"stage": "sft", "step": step, "dataset": str(cfg.dataset)}
+        tensors: dict[str, torch.Tensor] = {}
         if ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
-            tensors.update({f"raw.{k}": v.detach().clone() for k, v in model.state_dict().items()})
             raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+            tensors.update({f"raw.{k}": v for k, v in raw.items()})
             ema.copy_to(model)
-            save_checkpoint(
-                ckpt_dir, model, norm, extra={"stage": "sft", "step": step, "dataset": str(cfg.dataset)}
-            )
+            save_checkpoint(ckpt_dir, model, norm, extra=extra)
             model.load_state_dict(raw)
         else:
-            save_checkpoint(
-                ckpt_dir, model, norm, extra={"stage": "sft", "step": step, "dataset": str(cfg.dataset)}
-            )
-        save_train_state(ckpt_dir / "train_state", optimizer, tensors, {"step": step})
+            save_checkpoint(ckpt_dir, model, norm, extra=extra)
+        save_train_state(
+            ckpt_dir / "train_state",
+            optimizer,
+            tensors,
+            {"step": step},
+            torch_generators={"batches": generator},
+        )
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     model.train()
@@ -230,9 +232,12 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
                 )
                 progress.update(task, info=f"loss {np.mean(losses):.4f}  {sps:.0f} samples/s")
                 losses, t_last, n_last = [], now, 0
-            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            stopping = cfg.stop_after is not None and step + 1 >= cfg.stop_after
+            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps or stopping:
                 save(step + 1)
             progress.update(task, advance=1)
+            if stopping:
+                break
     logger.close()
     return {
         "steps": cfg.steps,
