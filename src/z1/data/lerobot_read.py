@@ -545,9 +545,18 @@ def check_compatible(
     cameras: tuple[str, ...] | list[str] | None = None,
     state_dim: int | None = None,
     action_dim: int | None = None,
+    max_action_dim: int | None = None,
 ) -> None:
-    """Raise DatasetError if the dataset lacks a camera or its state/action dims differ from the caller's."""
+    """Raise DatasetError if the dataset lacks a camera or its state/action dims differ from the caller's.
+
+    max_action_dim: the model's padded action dim; the dataset's action dim must not exceed it.
+    """
     info = ds.root / "meta" / "info.json"
+    if max_action_dim is not None and ds.action_dim > max_action_dim:
+        raise DatasetError(
+            f"{info}: field 'features.{ACTION}.shape' is [{ds.action_dim}], more than the model's padded "
+            f"action dim {max_action_dim}; use a policy preset with action_dim >= {ds.action_dim}"
+        )
     if state_dim is not None and ds.state_dim != state_dim:
         raise DatasetError(
             f"{info}: field 'features.{STATE}.shape' is [{ds.state_dim}]"

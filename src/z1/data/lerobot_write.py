@@ -284,6 +284,15 @@ class LeRobotWriter:
         self._num_frames += n
         return ep
 
+    def add_meta_json(self, name: str, obj: Any) -> None:
+        """Write an extra JSON file `meta/<name>` (e.g. collection settings); readers ignore it."""
+        if self._closed:
+            raise DatasetError(f"{self.root}: writer is closed")
+        if "/" in name or not name.endswith(".json") or name in ("info.json", "stats.json"):
+            raise DatasetError(f"add_meta_json: bad file name {name!r}; use a plain '<name>.json'")
+        (self.tmp / "meta").mkdir(parents=True, exist_ok=True)
+        (self.tmp / "meta" / name).write_text(json.dumps(obj, indent=2))
+
     # ----------------------------------------------------------------------------------------------
     def _write_meta(self) -> None:
         meta = self.tmp / "meta"
