@@ -198,7 +198,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
         meta = state.meta
         start_iter = int(meta["iteration"]) + 1
         task_stats = TaskTimeStats.from_json(meta["task_stats"])
-        logger.truncate_after(start_iter - 1)
+        logger.truncate_after(start_iter)
     venv = make_vector_env(cfg.suite, cfg.num_slots, cfg.workers, cfg.image_size)
     try:
         runner = build_runner(model, loaded, venv.spec, cfg.rollout.h_exec, cfg.rollout.share_prefix)

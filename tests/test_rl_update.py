@@ -1,0 +1,107 @@
+"""One GRPO update on real collected groups: ratio 1 at the first minibatch, frozen parts stay frozen."""
+
+import numpy as np
+import torch
+
+from fakes import FakeVectorEnv, identity_norm
+from z1.config import policy_preset
+from z1.models.pi05 import Pi05Policy
+from z1.models.tokenizer import make_tokenizer
+from z1.models.transforms import ObservationEncoder
+from z1.rl.grpo import GRPOConfig
+from z1.rl.params import SelectiveConfig, apply_selective, frozen_prefix
+from z1.rl.reward import RewardConfig, TaskTimeStats
+from z1.rl.scoring import AdvantageConfig, score_batch
+from z1.rollout.collector import RolloutConfig, collect_groups
+from z1.rollout.runner import PolicyRunner
+from z1.train.rl import grpo_update
+
+
+def _setup(mode: str):
+    torch.manual_seed(0)
+    model = Pi05Policy(policy_preset("tiny")).eval()
+    norm = identity_norm()
+    runner = PolicyRunner(
+        model,
+        ObservationEncoder(model.config, norm, make_tokenizer(model.config)),
+        norm,
+        FakeVectorEnv(1).spec,
+        h_exec=4,
+    )
+    sel = SelectiveConfig(mode=mode, top_k=1, lr_expert=1e-3)
+    groups = apply_selective(model, sel)
+    cfg = RolloutConfig(
+        group_size=8,
+        trunks=2,
+        branch_factor=4,
+        branch_at=1,
+        h_exec=4,
+        num_steps=3,
+        noise_level=1.0,
+        max_steps=24,
+    )
+    venv = FakeVectorEnv(16, goal=0.08)  # reachable by some members, not all
+    batch = collect_groups(
+        runner,
+        venv,
+        [("a", 1), ("a", 2)],
+        cfg,
+        np.random.default_rng(0),
+        torch.Generator().manual_seed(0),
+        keep_caches=frozen_prefix(model, sel),
+    )
+    stats = TaskTimeStats()
+    stats.register("a", cfg.max_steps)
+    scored = score_batch(batch, RewardConfig(kind="D1"), stats, AdvantageConfig(), flat=False)
+    return model, runner, groups, cfg, batch, scored, sel
+
+
+def _update(mode: str):
+    model, runner, groups, cfg, batch, scored, sel = _setup(mode)
+    assert scored.trainable.any(), "the fake task should give mixed groups"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(groups.optimizer_groups())
+    sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
+    out = grpo_update(
+        model,
+        opt,
+        groups,
+        batch,
+        scored.advantages,
+        scored.weights,
+        scored.trainable,
+        sampler,
+        GRPOConfig(minibatches=2, kl_target=None),
+        1.0,
+        frozen_prefix(model, sel),
+        torch.Generator().manual_seed(1),
+    )
+    return model, before, out
+
+
+def test_expert_only_update_ratio_one_and_frozen_vlm():
+    model, before, out = _update("expert")
+    assert out["update/steps"] == 2
+    assert out["first_mb/log_ratio_abs_mean"] < 1e-4
+    after = model.state_dict()
+    for k in before:
+        changed = not torch.equal(before[k], after[k])
+        if k.startswith(("vision.", "embed_tokens", "vlm_norm")) or ".vlm." in k:
+            assert not changed, k
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".expert." in k)
+    assert out["grad_norm/expert"] > 0
+
+
+def test_top_vlm_update_trains_the_last_vlm_layer_only():
+    model, before, out = _update("expert+top_vlm")
+    after = model.state_dict()
+    depth = model.config.vlm.depth
+    assert out["first_mb/log_ratio_abs_mean"] < 1e-4
+    assert any(
+        not torch.equal(before[k], after[k]) for k in before if k.startswith(f"layers.{depth - 1}.vlm.")
+    )
+    for k in before:
+        if k.startswith(("vision.", "embed_tokens")) or any(
+            k.startswith(f"layers.{i}.vlm.") for i in range(depth - 1)
+        ):
+            assert torch.equal(before[k], after[k]), k
