@@ -1,4 +1,4 @@
-"""ObservationEncoder: shapes, pixel values, resizing, camera slots, prompt tokens; action padding/unpadding."""
+"""ObservationEncoder: shapes, pixels, resizing, camera slots, prompt tokens; action padding."""
 
 from __future__ import annotations
 
