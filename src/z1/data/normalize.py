@@ -84,7 +84,7 @@ def compute_full_stats(arrays: np.ndarray | Sequence[np.ndarray]) -> FullStats:
     q = np.quantile(x, [0.01, 0.99], axis=0)
     return FullStats(
         mean=x.mean(0),
-        std=x.std(0),
+        std=np.where(x.max(0) == x.min(0), 0.0, x.std(0)),  # exact 0 for constant dims (no 1e-16 residue)
         min=x.min(0),
         max=x.max(0),
         q01=q[0],
@@ -165,7 +165,7 @@ class StatsAccumulator:
         q = np.quantile(sample, [0.01, 0.99], axis=0)
         return FullStats(
             mean=self._mean,
-            std=np.sqrt(np.maximum(self._m2 / self._n, 0.0)),
+            std=np.where(self._max == self._min, 0.0, np.sqrt(np.maximum(self._m2 / self._n, 0.0))),
             min=self._min,
             max=self._max,
             q01=q[0],
