@@ -33,11 +33,11 @@ def _dataset(tmp_path: Path, lengths=(3, 6, 2)):
 
 def _reference(eps, norm, i):
     """Brute force: find episode and frame of global sample i, build the chunk row by row."""
-    for e, ep in enumerate(eps):
-        n = len(ep["action"])
-        if i < n:
-            break
-        i -= n
+    e = 0
+    while i >= len(eps[e]["action"]):
+        i -= len(eps[e]["action"])
+        e += 1
+    ep, n = eps[e], len(eps[e]["action"])
     acts = np.zeros((H, A), np.float32)
     mask = np.zeros((H, A), np.float32)
     for h in range(H):

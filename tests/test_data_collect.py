@@ -13,7 +13,7 @@ from z1.types import EnvSpec, Observation, StepResult
 
 
 class FakeEnv:
-    """1-D-ish reach: p += a; success when |p - goal| < 0.05. Seeds with seed % 3 == 1 have a broken expert."""
+    """2-D reach: p += a; success when |p - goal| < 0.05. The expert is broken for seed % 3 == 1."""
 
     spec = EnvSpec(
         suite="fake",
