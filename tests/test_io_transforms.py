@@ -68,9 +68,16 @@ def test_encode_resizes_with_antialias_and_pads_non_square():
     enc = ObservationEncoder(CFG, None, tok)
     o = obs(3, size=128)
     x = enc.encode([o])
-    src = torch.from_numpy(o.images["scene"]).permute(2, 0, 1)[None].float() / 255.0 * 2 - 1
-    want = F.interpolate(src, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)[0]
-    torch.testing.assert_close(x.images[0, 0], want, rtol=0, atol=1e-6)
+    src = torch.from_numpy(o.images["scene"]).permute(2, 0, 1)[None].float()
+    ref = F.interpolate(src, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)[0]
+    want = ref.round().clamp(0, 255) / 255.0 * 2 - 1  # uint8 resize = float resize rounded (to 1 level)
+    torch.testing.assert_close(x.images[0, 0], want, rtol=0, atol=2.0 / 255.0 + 1e-6)
+    assert (x.images[0, 0] - want).abs().mean() < 1.0 / 255.0  # under half a level on average
+    # a smooth gradient: the box filter gives the exact 2x2 means
+    ramp = np.broadcast_to(np.arange(128, dtype=np.uint8)[None, :, None] * 2, (128, 128, 3)).copy()
+    out = images_to_model(torch.from_numpy(ramp)[None], 64)[0, 0, 0]  # (x,)
+    expect = (np.arange(64) * 4 + 1) / 255.0 * 2 - 1  # mean of 4k and 4k+2
+    np.testing.assert_allclose(out.numpy(), expect, atol=1.0 / 255.0 + 1e-6)
     # a 32x64 image: scaled to 32x64 -> fits width; 16 rows of -1 padding above and below
     wide = np.full((32, 64, 3), 255, np.uint8)
     out = images_to_model(torch.from_numpy(wide)[None], 64)

@@ -68,6 +68,7 @@ class Tokenizer(Protocol):
 
 
 # ------------------------------------------------------------------------------------------ builtin
+_INT_RE = re.compile(r"-?\d+")
 _WORD_RE = re.compile(r"(?<![\w-])-?\d+(?!\w)|\w+|\n|[^\w\s]")
 
 
@@ -95,11 +96,20 @@ class BuiltinTokenizer:
             )
         self.vocab_size = int(vocab_size)
         self._num_word_ids = self.vocab_size - self._first_word_id
+        self._cache: dict[str, int] = {}  # word -> id memo (pure function of the word)
 
     def word_id(self, word: str) -> int:
+        i = self._cache.get(word)
+        if i is None:
+            i = self._word_id(word)
+            if len(self._cache) < 1 << 16:
+                self._cache[word] = i
+        return i
+
+    def _word_id(self, word: str) -> int:
         if word == "\n":
             return self.newline_id
-        if re.fullmatch(r"-?\d+", word):
+        if _INT_RE.fullmatch(word):
             v = int(word)
             if -1 <= v < NUM_STATE_BINS and word == str(v):  # "007" is a word, "7" a bin
                 return self._int_base + v + 1

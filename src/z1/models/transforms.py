@@ -1,9 +1,9 @@
 """Observation -> model inputs, and model actions -> env actions (pi05.md §2.3, §4).
 
 Order (as openpi): normalize the state -> build the prompt from the normalized, unpadded state ->
-tokenize; images: uint8 (y, x, 3) -> float [-1, 1] (3, y, x) -> resize-with-pad to the model's square size
-(bilinear, antialiased; pad value -1). Env cameras map onto the model's fixed camera slots; a slot with no
-camera gets an all -1 image and mask False (it still goes through the vision tower, as in openpi).
+tokenize. Images: uint8 (y, x, 3) -> resize-with-pad on uint8 to the model's square size (bilinear,
+antialiased) -> float [-1, 1] (3, y, x), padding -1. Env cameras map onto the model's fixed camera slots;
+a slot with no camera gets an all -1 image and mask False (it still goes through the vision tower).
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ from z1.types import Normalization, Observation
 def images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (b, y, x, 3) -> float32 (b, 3, size, size) in [-1, 1], resized with padding when needed.
 
-    Aspect ratio is kept (openpi `resize_with_pad`): scale by max(y, x) / size, then pad centered with -1
-    (the extra pixel on the bottom/right).
+    As openpi: the resize happens on uint8 (bilinear, antialiased, rounded; torch's channels-last uint8
+    kernel, ~7x faster than resizing floats) and keeps the aspect ratio (`resize_with_pad`): scale by
+    max(y, x) / size, then pad centered with -1 (the extra pixel on the bottom/right).
     """
-    if images.dim() != 4 or images.shape[-1] != 3:
+    if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"images must be (b, y, x, 3) uint8, got {tuple(images.shape)} {images.dtype}")
-    x = images.permute(0, 3, 1, 2).to(torch.float32) * (2.0 / 255.0) - 1.0  # (b, 3, y, x)
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x.contiguous()
-    ratio = max(h / size, w / size)
-    rh, rw = int(h / ratio), int(w / ratio)
-    x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
-    x = x.clamp_(-1.0, 1.0)
+    u = images.permute(0, 3, 1, 2)  # (b, 3, y, x), channels-last strides
+    h, w = u.shape[-2:]
+    rh, rw = h, w
+    if (h, w) != (size, size):
+        ratio = max(h / size, w / size)
+        rh, rw = int(h / ratio), int(w / ratio)
+        u = F.interpolate(u, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
+    x = u.to(torch.float32) * (2.0 / 255.0) - 1.0  # (b, 3, rh, rw)
     if (rh, rw) == (size, size):
         return x
     top, left = (size - rh) // 2, (size - rw) // 2
