@@ -119,7 +119,12 @@ def capture_attrs(obj: Any) -> dict[str, Any]:
     for k, v in vars(obj).items():
         if _is_plain(v):
             out[k] = _copy_plain(v)
-        elif isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and all(_is_plain(x) for x in v.values()):
+        elif (
+            isinstance(v, dict)
+            and v
+            and all(isinstance(x, str) for x in v)
+            and all(_is_plain(x) for x in v.values())
+        ):
             out[k] = {kk: _copy_plain(x) for kk, x in v.items()}
         elif isinstance(v, tuple) and v and all(_is_plain(x) for x in v):
             out[k] = tuple(_copy_plain(x) for x in v)
@@ -260,17 +265,15 @@ def _move(eef: np.ndarray, target: np.ndarray, gain: float = 1.0) -> np.ndarray:
 def _yaw_down_mat(yaw: float) -> np.ndarray:
     """Gripper pointing down (site z axis along -z world) with the fingers' closing axis at `yaw`."""
     c, s = np.cos(yaw), np.sin(yaw)
-    # columns: site x, y, z axes in world. z down; x, y rotate with yaw (x = -y_world at yaw 0, as Panda's home)
+    # columns: the site's x, y, z axes in world. z down; x = -y_world at yaw 0
     x = np.array([s, -c, 0.0])
     z = np.array([0.0, 0.0, -1.0])
     y = np.cross(z, x)
     return np.stack([x, y, z], axis=1)
 
 
-def _nearest_yaw(target_yaw: float, current_mat: np.ndarray, period: float) -> float:
-    """The yaw congruent to `target_yaw` modulo `period` closest to the gripper's current yaw."""
-    x = current_mat[:, 0]
-    cur = float(np.arctan2(-x[1], -x[0])) + np.pi / 2.0  # inverse of _yaw_down_mat's x(yaw)
+def _nearest_yaw(target_yaw: float, cur: float, period: float) -> float:
+    """The yaw congruent to `target_yaw` modulo `period` closest to the gripper's current yaw `cur`."""
     k = np.round((cur - target_yaw) / period)
     return target_yaw + k * period
 
@@ -287,10 +290,12 @@ class _ExpertView:
         q = d.qpos[robot._ref_gripper_joint_pos_indexes["right"]]
         self.finger_gap = float(q[0] - q[1])  # ~0.08 open, 0 closed on nothing
 
-    def act(self, pos_target: np.ndarray, rot_target: np.ndarray, grip: float, gain: float = 1.0) -> np.ndarray:
+    def act(
+        self, pos_target: np.ndarray, rot_target: np.ndarray, grip: float, gain: float = 1.0
+    ) -> np.ndarray:
         a = np.zeros(7)
         a[:3] = _move(self.eef, pos_target, gain)
-        a[3:6] = np.clip(_rot_error(self.eef_mat, rot_target) / ROT_SCALE, -1.0, 1.0)
+        a[3:6] = np.clip(0.5 * _rot_error(self.eef_mat, rot_target) / ROT_SCALE, -0.6, 0.6)
         a[6] = grip
         return a
 
@@ -300,15 +305,31 @@ def _obj_yaw(quat_wxyz: np.ndarray) -> float:
     return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
+def _current_yaw(mat: np.ndarray) -> float:
+    """Inverse of `_yaw_down_mat` for the gripper's x axis."""
+    return float(np.arctan2(mat[0, 0], -mat[1, 0]))
+
+
 def _pick_and_carry(
-    v: _ExpertView, obj: np.ndarray, yaw: float, goal: np.ndarray | None, carry_z: float, grasp_dz: float = 0.0
+    v: _ExpertView,
+    obj: np.ndarray,
+    yaw: float | None,
+    goal: np.ndarray | None,
+    carry_z: float,
+    grasp_dz: float = 0.0,
 ) -> np.ndarray:
     """Approach above `obj`, descend, close, lift to `carry_z`, then (if `goal` given) move above `goal`
-    (xy) and descend to its z, then open. Phase is decided from the current state alone."""
-    rot = _yaw_down_mat(_nearest_yaw(yaw, v.eef_mat, np.pi / 2))
+    (xy) and descend to its z, then open. `yaw` None keeps the gripper's yaw (round objects).
+    The phase is decided from the current state alone."""
+    yaw_cur = _current_yaw(v.eef_mat)
+    rot = _yaw_down_mat(yaw_cur if yaw is None else _nearest_yaw(yaw, yaw_cur, np.pi / 2))
     grasp_point = obj + np.array([0.0, 0.0, grasp_dz])
     rel = grasp_point - v.eef
-    held = np.linalg.norm(rel) < 0.03 and v.finger_gap < 0.07 and v.raw.robots[0].gripper["right"].current_action[0] > 0
+    held = (
+        np.linalg.norm(rel) < 0.03
+        and v.finger_gap < 0.07
+        and v.raw.robots[0].gripper["right"].current_action[0] > 0
+    )
     if held:
         if goal is None:
             return v.act(np.array([v.eef[0], v.eef[1], carry_z]), rot, 1.0)
@@ -326,7 +347,7 @@ def _pick_and_carry(
         if v.eef[2] < grasp_point[2] + 0.04 and dxy > 0.03:  # too low and off target: go up first
             return v.act(np.array([v.eef[0], v.eef[1], hover[2]]), rot, -1.0)
         return v.act(hover if dxy > 0.03 else np.array([grasp_point[0], grasp_point[1], v.eef[2]]), rot, -1.0)
-    if rel[2] < -0.008:
+    if rel[2] < -0.015:
         return v.act(grasp_point, rot, -1.0)
     return v.act(grasp_point, rot, 1.0)
 
@@ -347,14 +368,12 @@ def expert_pick_place_can(raw: Any) -> np.ndarray:
     can = np.array(d.body_xpos[bid])
     target = np.array(raw.target_bin_placements[raw.object_to_id["can"]], dtype=np.float64)
     in_bin = not raw.not_in_bin(can, raw.object_to_id["can"])
-    if in_bin and np.linalg.norm(v.eef - can) < 0.12:  # released: back off upwards, open
-        rot = _yaw_down_mat(_nearest_yaw(0.0, v.eef_mat, np.pi / 2))
+    if in_bin:  # released: back off upwards with the gripper open
+        rot = _yaw_down_mat(_current_yaw(v.eef_mat))
         return v.act(np.array([v.eef[0], v.eef[1], can[2] + 0.2]), rot, -1.0)
-    if in_bin:
-        rot = _yaw_down_mat(_nearest_yaw(0.0, v.eef_mat, np.pi / 2))
-        return v.act(v.eef, rot, -1.0)
-    goal = np.array([target[0], target[1], raw.bin2_pos[2] + 0.10])
-    return _pick_and_carry(v, can, 0.0, goal, carry_z=raw.bin2_pos[2] + 0.25)
+    # aim at the near half of the target bin region (the far corner is at the edge of the Panda's reach)
+    goal = np.array([target[0], target[1] - 0.04, raw.bin2_pos[2] + 0.12])
+    return _pick_and_carry(v, can, None, goal, carry_z=raw.bin2_pos[2] + 0.22)
 
 
 def expert_door(raw: Any) -> np.ndarray:
@@ -369,7 +388,7 @@ def expert_door(raw: Any) -> np.ndarray:
     jid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, raw.door.joints[0])
     anchor = np.array(d._data.xanchor[jid])
     axis = np.array(d._data.xaxis[jid])
-    rot = _yaw_down_mat(_nearest_yaw(0.0, v.eef_mat, np.pi))
+    rot = _yaw_down_mat(_nearest_yaw(0.0, _current_yaw(v.eef_mat), np.pi))
     rel = handle - v.eef
     held = np.linalg.norm(rel) < 0.035 and v.raw.robots[0].gripper["right"].current_action[0] > 0.5
     if held or (np.linalg.norm(rel) < 0.02 and v.raw.robots[0].gripper["right"].current_action[0] > 0):
@@ -404,7 +423,9 @@ def _controller_config() -> dict[str, Any]:
     cfg = load_composite_controller_config(controller="BASIC", robot="Panda")
     arm = cfg["body_parts"]["right"]
     if arm.get("type") != "OSC_POSE":
-        raise EnvError(f"robosuite: expected the Panda's BASIC config to use OSC_POSE, got {arm.get('type')!r}")
+        raise EnvError(
+            f"robosuite: expected the Panda's BASIC config to use OSC_POSE, got {arm.get('type')!r}"
+        )
     # keep only the parts a Panda has (robosuite warns about the rest otherwise)
     cfg["body_parts"] = {k: v for k, v in cfg["body_parts"].items() if k in ("right",)}
     return cfg
@@ -426,7 +447,9 @@ class RobosuiteEnv:
         if len(image_size) != 2 or min(image_size) <= 0:
             raise EnvError(f"robosuite: image_size must be (height, width) > 0, got {image_size}")
         if not cameras:
-            raise EnvError("robosuite: need at least one camera, e.g. cameras=('agentview', 'robot0_eye_in_hand')")
+            raise EnvError(
+                "robosuite: need at least one camera, e.g. cameras=('agentview', 'robot0_eye_in_hand')"
+            )
         self._horizons = {name: t.horizon for name, t in TASKS.items()}
         for name, h in (horizons or {}).items():
             if name not in TASKS:
@@ -590,14 +613,18 @@ class RobosuiteEnv:
             if self._renderer is None:
                 self._renderer = CameraRenderer(*self.spec.image_size)
             frames = self._renderer.render(cur.env.sim.model._model, cur.env.sim.data._data, cur.camera_ids)
-            images = {cam: np.ascontiguousarray(img) for cam, img in zip(self.spec.cameras, frames)}  # (y, x, 3)
+            images = {
+                cam: np.ascontiguousarray(img) for cam, img in zip(self.spec.cameras, frames)
+            }  # (y, x, 3)
         return Observation(images=images, state=self._state(cur), instruction=TASKS[cur.name].instruction)
 
     def expert_action(self) -> np.ndarray:
         cur = self._require()
         fn = EXPERTS.get(cur.name)
         if fn is None:
-            raise EnvError(f"robosuite: no scripted expert for {cur.name!r}; experts exist for {sorted(EXPERTS)}")
+            raise EnvError(
+                f"robosuite: no scripted expert for {cur.name!r}; experts exist for {sorted(EXPERTS)}"
+            )
         return np.clip(fn(cur.env), -1.0, 1.0)
 
     # ---- snapshot / restore ----
@@ -635,7 +662,9 @@ class RobosuiteEnv:
         raw = cur.env
         objs = dict(stateful_objects(raw))
         if set(objs) != set(snapshot.attrs):
-            raise EnvError(f"robosuite: snapshot objects {sorted(snapshot.attrs)} do not match {sorted(objs)}")
+            raise EnvError(
+                f"robosuite: snapshot objects {sorted(snapshot.attrs)} do not match {sorted(objs)}"
+            )
         set_physics_state(raw.sim.model._model, raw.sim.data._data, snapshot.sim)
         for path, attrs in snapshot.attrs.items():
             restore_attrs(objs[path], attrs)
