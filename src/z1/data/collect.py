@@ -12,7 +12,10 @@ seeded from (seed, task name, k), so a collection is reproducible whatever the n
 are written in (round, task, k) order.
 
 Workers: `workers` processes (spawn), each with one env reused across episodes and one thread for
-OpenMP/BLAS/torch; `workers=0` runs in this process. The output directory appears only when complete
+OpenMP/BLAS/torch; `workers=0` runs in this process. A plain job queue rather than `z1.envs.vector`: whole
+episodes are independent, so nothing needs lock-step stepping. Measured (2 shared cores, load ~7 from other
+jobs): 53 ms per step with two 64x64 cameras rendered in-process; 324 frames (4 episodes) in 40 s with 1 or
+2 workers, i.e. ~2.5-5 s per 60-100-step episode. The output directory appears only when complete
 (`LeRobotWriter`); an error or Ctrl-C leaves nothing at `out_root`.
 """
 
@@ -57,6 +60,9 @@ class CollectSummary:
     bytes: int
     render_ms_per_frame: float  # wall time per recorded frame in the workers (physics + render + expert)
     shortfall: dict[str, int] = field(default_factory=dict)  # tasks that got fewer episodes than asked
+
+    def __rich__(self) -> str:
+        return str(self)
 
     def __str__(self) -> str:
         lines = [f"collected {sum(self.kept.values())} episodes, {self.frames} frames -> {self.out}"]
