@@ -1,0 +1,76 @@
+"""The `z1` command line: help texts, env listing, and `z1 eval` writing a well-formed result."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from z1.cli import main
+from z1.config import policy_preset
+from z1.models.checkpoint import save_checkpoint
+from z1.models.pi05 import Pi05Policy
+from z1.types import FeatureStats, Normalization
+
+
+@pytest.mark.parametrize("cmd", [[], ["sft"], ["rl"], ["eval"], ["demo"], ["collect"], ["envs"]])
+def test_help_explains_every_command(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage" in out.lower()
+
+
+def test_rl_help_lists_ablation_switches(capsys):
+    with pytest.raises(SystemExit):
+        main(["rl", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--rollout.mode", "--rollout.share-prefix", "--reward.kind", "--selective.mode"):
+        assert flag in out
+
+
+def test_unknown_task_set_gets_did_you_mean(tmp_path):
+    from z1.config import ConfigError
+    from z1.train.setup import resolve_tasks
+
+    with pytest.raises(ConfigError, match="mw-quick"):
+        resolve_tasks("mw-quik")
+
+
+@pytest.mark.sim
+def test_eval_writes_table_and_json(tmp_path, capsys):
+    torch.manual_seed(0)
+    st = FeatureStats(
+        np.zeros(4, np.float32), np.ones(4, np.float32), -np.ones(4, np.float32), np.ones(4, np.float32)
+    )
+    ckpt = save_checkpoint(tmp_path / "ckpt", Pi05Policy(policy_preset("tiny")), Normalization(st, st))
+    out = tmp_path / "eval.json"
+    main(
+        [
+            "eval",
+            "--checkpoint",
+            str(ckpt),
+            "--tasks",
+            "button-press-topdown-v3,reach-v3",
+            "--episodes",
+            "2",
+            "--max-steps",
+            "8",
+            "--num-slots",
+            "2",
+            "--workers",
+            "0",
+            "--num-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    res = json.loads(out.read_text())
+    assert set(res["tasks"]) == {"button-press-topdown-v3", "reach-v3"}
+    for r in res["tasks"].values():
+        assert r["episodes"] == 2 and 0.0 <= r["ci_low"] <= r["rate"] <= r["ci_high"] <= 1.0
+        assert all(1 <= ln <= 8 for ln in r["lengths"])
+    text = capsys.readouterr().out
+    assert "| button-press-topdown-v3 |" in text and "average" in text
