@@ -184,3 +184,33 @@ def test_train_state_resume_is_bit_identical(tmp_path):
     with pytest.raises(ck.CheckpointError, match="holds a AdamW"):
         ck.load_train_state(tmp_path / "ts", torch.optim.SGD(Net().parameters(), lr=0.1))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_checkpoint_with_train_state_is_one_atomic_unit(tmp_path, monkeypatch):
+    model = randomized(MICRO, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.action_out_proj.weight.sum().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(1)
+    spec = ck.TrainStateSpec(opt, meta={"step": 1}, torch_generators={"g": gen})
+    ck.save_checkpoint(tmp_path / "c", model, train_state=spec)
+    assert (tmp_path / "c" / "train_state" / ck.TRAIN_JSON).is_file()
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    st = ck.load_train_state(tmp_path / "c" / "train_state", opt2)
+    assert st.meta == {"step": 1}
+    p = model.action_out_proj.weight
+    assert torch.equal(opt2.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+
+    # a failure while writing the train state keeps the previous weights AND train state
+    def boom(directory, spec):
+        raise OSError("interrupted (simulated)")
+
+    monkeypatch.setattr(ck, "_write_train_state_files", boom)
+    with pytest.raises(OSError, match="interrupted"):
+        ck.save_checkpoint(
+            tmp_path / "c", randomized(MICRO, 4), train_state=ck.TrainStateSpec(opt, meta={"step": 2})
+        )
+    monkeypatch.undo()
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["c"]
+    assert torch.equal(ck.load_checkpoint(tmp_path / "c").model.action_out_proj.weight, p.detach())
+    assert ck.load_train_state(tmp_path / "c" / "train_state", opt2).meta == {"step": 1}

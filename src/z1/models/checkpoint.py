@@ -150,10 +150,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for f in tmp.iterdir():
-            if f.is_file():
-                _fsync_file(f)
-        _fsync_dir(tmp)
+        for d, _, files in os.walk(tmp, topdown=False):
+            for name in files:
+                _fsync_file(Path(d) / name)
+            _fsync_dir(Path(d))
         if dst.exists():
             old = dst.parent / f".{dst.name}.old-{tag}"
             os.replace(dst, old)
@@ -191,8 +191,16 @@ def save_checkpoint(
     model: Pi05Policy,
     norm: Normalization | None = None,
     extra: Mapping[str, Any] | None = None,
+    *,
+    train_state: TrainStateSpec | None = None,
 ) -> Path:
-    """Write a z1 checkpoint directory atomically. Returns its path."""
+    """Write a z1 checkpoint directory atomically. Returns its path.
+
+    With `train_state`, the optimizer/RNG state goes into the subdirectory `train_state.subdir` of the same
+    directory in the same atomic rename, so the weights and the resume state can never disagree (a crash
+    between two separate saves could leave new weights next to an old or missing train state). Read it
+    back with `load_train_state(path / subdir, optimizer, ...)`.
+    """
     config: PolicyConfig = model.config
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(path) as tmp:
@@ -205,6 +213,10 @@ def save_checkpoint(
             _write_json(tmp / NORM_FILE, norm.to_json())
         if extra is not None:
             _write_json(tmp / EXTRA_FILE, dict(extra))
+        if train_state is not None:
+            sub = tmp / train_state.subdir
+            sub.mkdir(parents=True)
+            _write_train_state_files(sub, train_state)
     return Path(path)
 
 
@@ -346,6 +358,19 @@ class TrainState:
     meta: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class TrainStateSpec:
+    """What `save_train_state` saves; pass it to `save_checkpoint(..., train_state=...)` to write the
+    weights and the resume state in one atomic step."""
+
+    optimizer: torch.optim.Optimizer
+    extra_tensors: Mapping[str, torch.Tensor] | None = None
+    meta: Mapping[str, Any] | None = None
+    torch_generators: Mapping[str, torch.Generator] | None = None
+    numpy_rngs: Mapping[str, np.random.Generator] | None = None
+    subdir: str = "train_state"
+
+
 def save_train_state(
     path: str | Path,
     optimizer: torch.optim.Optimizer,
@@ -356,6 +381,15 @@ def save_train_state(
     numpy_rngs: Mapping[str, np.random.Generator] | None = None,
 ) -> Path:
     """Write optimizer state, extra tensors, RNG states and JSON metadata atomically for an exact resume."""
+    spec = TrainStateSpec(optimizer, extra_tensors, meta, torch_generators, numpy_rngs)
+    with atomic_directory(path) as tmp:
+        _write_train_state_files(tmp, spec)
+    return Path(path)
+
+
+def _write_train_state_files(directory: Path, spec: TrainStateSpec) -> None:
+    optimizer, extra_tensors, meta = spec.optimizer, spec.extra_tensors, spec.meta
+    torch_generators, numpy_rngs = spec.torch_generators, spec.numpy_rngs
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     state_json: dict[str, dict[str, Any]] = {}
@@ -399,10 +433,8 @@ def save_train_state(
         "rng": rng_json,
         "meta": _enc(dict(meta or {})),
     }
-    with atomic_directory(path) as tmp:
-        save_file(tensors, str(tmp / TRAIN_TENSORS), metadata={"format": "pt"})
-        _write_json(tmp / TRAIN_JSON, doc)
-    return Path(path)
+    save_file(tensors, str(directory / TRAIN_TENSORS), metadata={"format": "pt"})
+    _write_json(directory / TRAIN_JSON, doc)
 
 
 def load_train_state(
