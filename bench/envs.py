@@ -29,6 +29,7 @@ TASK = "push-v3"
 def raw_metaworld(steps: int, every: int) -> float:
     """Plain metaworld step() + a mujoco.Renderer (2 cameras, shadows/reflections off) every `every` steps."""
     import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the Meta-World gym ids)
     import mujoco
 
     env = gym.make("Meta-World/goal_observable", env_name=TASK, seed=0).unwrapped

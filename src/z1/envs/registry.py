@@ -27,7 +27,7 @@ def _module(suite: str) -> ModuleType:
     path = lookup(SUITES, suite, "env suite").split(":")[0]
     try:
         return importlib.import_module(path)
-    except ImportError as e:
+    except Exception as e:  # ImportError, or a simulator failing at import: never break other suites
         raise EnvError(
             f"env suite {suite!r} is unavailable: importing {path} failed ({e}). "
             "Install the simulator extra: `pip install -e '.[sim]'`."
