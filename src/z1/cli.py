@@ -248,6 +248,19 @@ def main(argv: list[str] | None = None) -> None:
     from z1.train.rl import RLConfig
     from z1.train.sft import SFTConfig
 
+    if argv[:1] == ["rl"] and "--preset" in argv:
+        # `z1 rl --preset NAME [overrides...]`: the preset supplies the defaults of every field.
+        from z1.presets import rl_preset
+
+        i = argv.index("--preset")
+        if i + 1 >= len(argv):
+            raise SystemExit("--preset needs a name: mw-quick | mt10 | robosuite | robocasa24-pi05")
+        preset = rl_preset(argv[i + 1])
+        cfg = tyro.cli(RLConfig, default=preset, args=argv[1:i] + argv[i + 2 :], prog="z1 rl")
+        if not cfg.init:
+            raise SystemExit("z1 rl: --init CHECKPOINT is required (an SFT or imported checkpoint directory)")
+        _cmd_rl(cfg)
+        return
     if argv[:1] == ["envs"]:
         cmd = tyro.extras.subcommand_cli_from_dict(
             {"list": EnvsListCmd, "check": EnvsCheckCmd, "show": EnvsShowCmd}, prog="z1 envs", args=argv[1:]

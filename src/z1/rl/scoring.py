@@ -30,10 +30,12 @@ from z1.rollout.tree import edge_advantages, edge_weights, local_global_advantag
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """Edge advantage weights (C1). Flat GRPO uses w_loc=0, w_glob=1, i.e. exactly (R - mean) / sigma."""
+    """Edge advantage weights (C1). Flat GRPO always uses w_loc=0, w_glob=1, i.e. (R - mean) / sigma."""
 
     w_loc: float = 1.0
+    """Weight of the leave-one-out sibling baseline A_loc (tree mode)."""
     w_glob: float = 1.0
+    """Weight of the group-global advantage A_glob = V(m) - V(root) (tree mode)."""
 
 
 @dataclass

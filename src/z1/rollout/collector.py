@@ -34,30 +34,32 @@ from z1.types import Observation
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How groups are rolled out.
-
-    group_size: leaves per group G (tree: trunks * branch_factor; flat: G independent members).
-    mode: "tree" (M trunks, one branch level, k children) or "flat" (G members from the same state).
-    trunks / branch_factor: M and k of the tree (G = M * k).
-    branch_at: fixed branch chunk index; None draws b ~ U{1..floor(0.5 * C_med(task))} per group (C.2).
-    h_exec: actions executed per chunk; num_steps: denoise steps K; noise_level: a of the Flow-SDE;
-    stochastic/window: which denoise steps are stochastic (algorithms.md A.5).
-    share_prefix: compute the VLM prefix once per distinct observation (ablation switch).
-    max_steps: episode cap in env steps for training rollouts.
-    """
+    """How groups are rolled out (algorithms.md A, C)."""
 
     group_size: int = 8
+    """Leaves per group G (tree: trunks * branch_factor; flat: G members from the same state)."""
     mode: Literal["tree", "flat"] = "tree"
+    """tree: M trunks branched once into k children at a chunk boundary; flat: plain GRPO groups."""
     trunks: int = 2
+    """M, independent rollouts from the group's initial state (tree mode)."""
     branch_factor: int = 4
+    """k, children per branch node (tree mode)."""
     branch_at: int | None = None
+    """Fixed branch chunk index; None draws b ~ U{1..floor(0.5 * C_med(task))} per group (C.2)."""
     h_exec: int = 4
+    """Actions executed per chunk before the policy looks again."""
     num_steps: int = 5
+    """Denoise steps K (the same K is used for evaluation)."""
     noise_level: float = 0.5
+    """a of the Flow-SDE: sigma_t = a * sqrt(t / (1 - t))."""
     stochastic: Literal["single", "window", "all"] = "single"
+    """Stochastic denoise steps: one random (not the last), a window, or all (A.5)."""
     window: int = 2
+    """Window length for stochastic='window'."""
     share_prefix: bool = True
+    """Compute the VLM prefix once per distinct observation (ablation switch)."""
     max_steps: int = 200
+    """Episode cap in env steps for training rollouts."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("tree", "flat"):

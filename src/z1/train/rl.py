@@ -37,43 +37,47 @@ TRAIN_SEED_BASE = 10_000  # training groups; demonstrations use 0.., evaluation 
 
 @dataclass(frozen=True)
 class RLConfig:
-    """GRPO post-training of an SFT checkpoint.
-
-    init: the SFT checkpoint directory to start from (`z1 sft` output or an imported pi0.5).
-    out: run directory (checkpoint in `out/ckpt`, metrics in `out/rl_metrics.jsonl`).
-    suite / tasks: simulator suite and task set name (or comma-separated task names).
-    iterations: GRPO iterations; groups_per_task: groups per task per iteration.
-    lr: learning rate of the trained parameters (`selective.lr_expert` is overridden by it).
-    grad_clip: max global grad norm.
-    eval_every / eval_episodes: periodic ODE evaluation (0 disables); final evaluation always runs
-        when eval_episodes > 0.
-    num_slots / workers: env slots and worker processes of the vector env.
-    threads: torch threads in the learner process.
-    seed: base seed of every RNG of the run.
-    resume: continue from `out/ckpt` if it exists.
-    """
+    """GRPO post-training of an SFT checkpoint (`z1 rl --preset mw-quick --init CKPT`)."""
 
     init: str
+    """SFT checkpoint directory to start from (`z1 sft` output or a `z1 import`ed pi0.5)."""
     out: str = "runs/rl"
+    """Run directory: checkpoint in `out/rl_ckpt`, metrics in `out/rl_metrics.jsonl`."""
     suite: str = "metaworld"
+    """Simulator suite: metaworld | robosuite | robocasa."""
     tasks: str = "mw-quick"
+    """Task set name (mw-quick, mt10, mt50, ...) or comma-separated task names."""
     iterations: int = 10
+    """GRPO iterations (collect -> update)."""
     groups_per_task: int = 2
+    """Groups per task per iteration; each group starts from one initial state (seed)."""
     lr: float = 3e-5
+    """Learning rate of the trained parameters (the VLM gets `selective.lr_vlm_scale` times it)."""
     grad_clip: float = 1.0
+    """Max global grad norm."""
     eval_every: int = 0
+    """Evaluate with the ODE sampler every N iterations (0: only at the end)."""
     eval_episodes: int = 20
+    """Episodes per task of each evaluation (0 disables evaluation)."""
     num_slots: int = 16
+    """Env slots (episodes in flight); at least `rollout.group_size`."""
     workers: int = 2
+    """Env worker processes (0: in-process, sequential)."""
     threads: int = 1
+    """Torch threads of the learner process."""
     seed: int = 0
+    """Base seed of every RNG of the run."""
     resume: bool = False
+    """Continue from `out/rl_ckpt` if it exists (bit-exact on CPU)."""
+    max_minutes: float | None = None
+    """Stop after the iteration that crosses this wall-clock budget."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     image_size: int = 64
+    """Camera resolution of the env (square)."""
 
 
 def group_plan(tasks: list[str], groups_per_task: int, iteration: int) -> list[tuple[str, int]]:
@@ -223,7 +227,11 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
             cum_flat = float(meta.get("cum_env_steps_flat", 0.0))
         with progress_bar(console) as progress:
             it_task = progress.add_task("GRPO", total=cfg.iterations, completed=start_iter)
+            t_run = time.perf_counter()
+            done_iters = start_iter
             for it in range(start_iter, cfg.iterations):
+                if cfg.max_minutes is not None and time.perf_counter() - t_run > 60.0 * cfg.max_minutes:
+                    break
                 plan = group_plan(tasks, cfg.groups_per_task, it)
                 cmed = c_med_by_task(task_stats, tasks, cfg.rollout.h_exec, cfg.rollout.max_steps)
                 model.eval()
@@ -293,17 +301,18 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     torch_generators={"main": generator},
                     numpy_rngs={"main": rng},
                 )
+                done_iters = it + 1
                 progress.update(
                     it_task,
                     advance=1,
                     description=f"GRPO train {100 * metrics['train_success_avg']:.0f}% "
                     f"env {int(cum_env)} steps",
                 )
-        summary: dict = {"iterations": cfg.iterations, "env_steps": cum_env, "env_steps_flat_equiv": cum_flat}
+        summary: dict = {"iterations": done_iters, "env_steps": cum_env, "env_steps_flat_equiv": cum_flat}
         if cfg.eval_episodes > 0:
             final = evaluate(runner, venv, tasks, eval_cfg)
             write_json_atomic(out / "eval_final.json", final.to_json())
-            logger.log(cfg.iterations, eval_metrics(final))
+            logger.log(done_iters, eval_metrics(final))
             summary["eval"] = final.to_json()
             if console is not None:
                 console.print(markdown_table(final, "GRPO policy (ODE)"))

@@ -1,0 +1,79 @@
+"""Named run presets (DESIGN.md "Presets"): GRPO settings per setting, overridable field by field.
+
+    z1 rl --preset mw-quick --init runs/demo/sft_ckpt            # the laptop default
+    z1 rl --preset robocasa24-pi05 --init ckpts/pi05_robocasa --rollout.group-size 8 ...
+
+`mw-quick` and `mt10` run on 2 CPU cores with the tiny policy; `robocasa24-pi05` is the paper's
+setting (a real pi0.5 imported with `z1 import`, RoboCasa v0.2's 24 tasks, Ray env workers) and needs
+GPUs plus a user-installed RoboCasa.
+"""
+
+from __future__ import annotations
+
+from z1.config import lookup
+from z1.rl.grpo import GRPOConfig
+from z1.rl.params import SelectiveConfig
+from z1.rl.reward import RewardConfig
+from z1.rollout.collector import RolloutConfig
+from z1.train.rl import RLConfig
+
+RL_PRESETS: dict[str, RLConfig] = {
+    # 4 Meta-World tasks, tiny policy, 2 cores: 16 env slots in 2 worker processes, K=5 denoise steps.
+    "mw-quick": RLConfig(
+        init="",
+        suite="metaworld",
+        tasks="mw-quick",
+        iterations=40,
+        groups_per_task=2,
+        lr=3e-5,
+        eval_every=10,
+        eval_episodes=20,
+        rollout=RolloutConfig(group_size=8, trunks=2, branch_factor=4, h_exec=4, num_steps=5, max_steps=160),
+    ),
+    "mt10": RLConfig(
+        init="",
+        suite="metaworld",
+        tasks="mt10",
+        iterations=60,
+        groups_per_task=1,
+        lr=3e-5,
+        eval_every=10,
+        eval_episodes=20,
+        rollout=RolloutConfig(group_size=8, trunks=2, branch_factor=4, h_exec=4, num_steps=5, max_steps=200),
+    ),
+    "robosuite": RLConfig(
+        init="",
+        suite="robosuite",
+        tasks="Lift,PickPlaceCan,Door",
+        iterations=60,
+        groups_per_task=2,
+        lr=3e-5,
+        image_size=64,
+        rollout=RolloutConfig(group_size=8, trunks=2, branch_factor=4, h_exec=5, num_steps=5, max_steps=300),
+    ),
+    # The paper's setting (algorithms.md B.7 defaults): G=8, K=10, a=0.5, single-random SDE step,
+    # clip 0.2/0.28, lr 5e-6 on the action expert, D4 rewards with pooled normalization.
+    "robocasa24-pi05": RLConfig(
+        init="",
+        suite="robocasa",
+        tasks="robocasa24",
+        iterations=200,
+        groups_per_task=8,
+        lr=5e-6,
+        eval_every=20,
+        eval_episodes=50,
+        num_slots=192,
+        workers=24,
+        image_size=224,
+        rollout=RolloutConfig(
+            group_size=8, trunks=2, branch_factor=4, h_exec=10, num_steps=10, max_steps=500
+        ),
+        reward=RewardConfig(kind="D4"),
+        grpo=GRPOConfig(minibatches=4),
+        selective=SelectiveConfig(mode="expert"),
+    ),
+}
+
+
+def rl_preset(name: str) -> RLConfig:
+    return lookup(RL_PRESETS, name, "RL preset")
