@@ -129,7 +129,8 @@ def main() -> None:
     lines = [
         f"# SFT benchmark: {args.tasks}",
         "",
-        f"{args.episodes} demos/task, {args.steps} steps x {args.batch}, eval {args.eval_episodes} episodes/task "
+        f"{args.episodes} demos/task, {args.steps} steps x {args.batch}, "
+        f"eval {args.eval_episodes} episodes/task "
         f"(cap {args.max_steps} steps, H_exec {args.h_exec}, K {args.num_steps}).",
         "",
         "| stage | wall time |",
@@ -143,7 +144,8 @@ def main() -> None:
         "| task | success | 95% CI | mean length |",
         "|---|---|---|---|",
         *[
-            f"| {t} | {100 * r['rate']:.0f}% | [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}] | {r['mean_length']:.0f} |"
+            f"| {t} | {100 * r['rate']:.0f}% | [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}] "
+            f"| {r['mean_length']:.0f} |"
             for t, r in out["eval"]["tasks"].items()
         ],
         f"| **average** | **{100 * out['eval']['average']:.1f}%** | | |",
