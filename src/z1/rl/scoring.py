@@ -116,6 +116,12 @@ def score_batch(
     stats.update(
         {
             "groups/kept": float(kept.sum()),
+            # (c) of the GRPO benchmark: groups carrying learning signal under the active calibration vs
+            # under binary rewards (D0 keeps only mixed groups).
+            "groups/signal_frac": float(kept.mean()) if len(kept) else 0.0,
+            "groups/signal_frac_D0": float(np.mean([s.any() and not s.all() for s in successes]))
+            if successes
+            else 0.0,
             "adv/sigma": float(sigma),
             "adv/mean": float(adv[train].mean()) if train.any() else 0.0,
             "adv/std": float(adv[train].std()) if train.any() else 0.0,

@@ -1,0 +1,150 @@
+"""GRPO benchmark from the mw-quick SFT checkpoint (run bench/sft.py first).
+
+    MUJOCO_GL=egl .venv/bin/python bench/rl.py --minutes 20 --seeds 0 1 --flat
+
+For each seed: tree-mode GRPO for a wall-clock budget, then an ODE evaluation with --eval-episodes per
+task, compared with the SFT evaluation of bench/sft.py on the same seeds. With --flat, flat GRPO runs for
+the same number of iterations as seed 0's tree run (same leaves per group), so env steps and success can
+be compared. Every run logs the fraction of groups that carry signal under the active calibration (D4)
+and under binary rewards (D0).
+Writes bench/results/rl.json and rl.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sft-run", default="runs/bench-sft-mw-quick", help="bench/sft.py run directory")
+    ap.add_argument("--minutes", type=float, default=20.0, help="GRPO wall-clock budget per tree run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--flat", action="store_true", help="also run flat GRPO (seed 0) for comparison")
+    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
+    ap.add_argument("--reward", default="D4", choices=["D0", "D1", "D4"])
+    args = ap.parse_args()
+
+    import torch
+    from rich.console import Console
+
+    from z1.fsutil import write_json_atomic, write_text_atomic
+    from z1.presets import rl_preset
+    from z1.rl.reward import RewardConfig
+    from z1.train.metrics import read_metrics
+    from z1.train.rl import run_rl
+
+    torch.set_num_threads(1)
+    console = Console()
+    sft_run = Path(args.sft_run)
+    sft_eval = json.loads((Path(RESULTS) / "sft_mw-quick.json").read_text())["eval"]
+    base = rl_preset("mw-quick")
+    base = replace(
+        base,
+        init=str(sft_run / "sft_ckpt"),
+        eval_every=0,
+        eval_episodes=args.eval_episodes,
+        iterations=10_000,
+        reward=RewardConfig(kind=args.reward),
+    )
+    if args.lr is not None:
+        base = replace(base, lr=args.lr)
+
+    runs: dict[str, dict] = {}
+
+    def one(name: str, cfg) -> dict:
+        out = Path("runs") / f"bench-rl-{name}"
+        for f in ("rl_metrics.jsonl",):
+            if (out / f).exists():
+                (out / f).unlink()
+        t0 = time.perf_counter()
+        summary = run_rl(replace(cfg, out=str(out)), console)
+        wall = time.perf_counter() - t0
+        metrics = [m for m in read_metrics(out / "rl_metrics.jsonl") if "train_success_avg" in m]
+        res = {
+            "iterations": summary["iterations"],
+            "wall_min": wall / 60,
+            "env_steps": summary["env_steps"],
+            "env_steps_flat_equiv": summary["env_steps_flat_equiv"],
+            "eval_average": summary["eval"]["average"],
+            "eval_tasks": {t: r["rate"] for t, r in summary["eval"]["tasks"].items()},
+            "train_success_curve": [
+                (m["step"], m["env_steps"], round(m["train_success_avg"], 3)) for m in metrics
+            ],
+            "signal_frac": sum(m.get("groups/signal_frac", 0) for m in metrics) / max(1, len(metrics)),
+            "signal_frac_D0": sum(m.get("groups/signal_frac_D0", 0) for m in metrics) / max(1, len(metrics)),
+            "time_rollout_s": sum(m.get("time/rollout", 0) for m in metrics),
+            "time_update_s": sum(m.get("time/update", 0) for m in metrics),
+        }
+        runs[name] = res
+        console.print(
+            name, json.dumps({k: v for k, v in res.items() if k != "train_success_curve"}, indent=1)
+        )
+        return res
+
+    for seed in args.seeds:
+        one(f"tree-s{seed}", replace(base, seed=seed, max_minutes=args.minutes))
+    if args.flat:
+        iters = runs[f"tree-s{args.seeds[0]}"]["iterations"]
+        flat_cfg = replace(
+            base,
+            seed=args.seeds[0],
+            iterations=iters,
+            max_minutes=None,
+            rollout=replace(base.rollout, mode="flat"),
+        )
+        one("flat", flat_cfg)
+
+    sft_avg = sft_eval["average"]
+    out = {
+        "sft_eval_average": sft_avg,
+        "sft_eval_tasks": {t: r["rate"] for t, r in sft_eval["tasks"].items()},
+        "minutes_per_tree_run": args.minutes,
+        "reward": args.reward,
+        "runs": runs,
+        "delta_points": {k: 100 * (v["eval_average"] - sft_avg) for k, v in runs.items()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(RESULTS / "rl.json", out)
+    lines = [
+        "# GRPO benchmark (mw-quick, tiny policy, 2 CPU cores)",
+        "",
+        f"SFT average success: {100 * sft_avg:.1f}% ({args.eval_episodes} episodes/task, ODE).",
+        "",
+        "| run | iterations | wall | env steps | flat-equivalent | eval success | delta vs SFT "
+        "| signal groups (D4 / D0) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, v in runs.items():
+        lines.append(
+            f"| {k} | {v['iterations']} | {v['wall_min']:.1f} min | {int(v['env_steps'])} "
+            f"| {int(v['env_steps_flat_equiv'])} | {100 * v['eval_average']:.1f}% "
+            f"| {out['delta_points'][k]:+.1f} | {v['signal_frac']:.2f} / {v['signal_frac_D0']:.2f} |"
+        )
+    tasks = list(out["sft_eval_tasks"])
+    lines += ["", "| task | SFT | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+    for t in tasks:
+        lines.append(
+            f"| {t} | {100 * out['sft_eval_tasks'][t]:.0f}% | "
+            + " | ".join(f"{100 * v['eval_tasks'].get(t, 0):.0f}%" for v in runs.values())
+            + " |"
+        )
+    write_text_atomic(RESULTS / "rl.md", "\n".join(lines) + "\n")
+    console.print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
