@@ -252,10 +252,10 @@ def test_pi05_parameter_count_and_names():
     )
 
 
-def _train_losses(seed: int, steps: int = 6) -> list[float]:
+def _train_losses(seed: int, steps: int = 8) -> list[float]:
     torch.manual_seed(seed)
     model = Pi05Policy(CFG)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95))
     inputs = make_inputs(8, seed=5)
     g = torch.Generator().manual_seed(6)
     actions = torch.randn(8, CFG.action_horizon, CFG.action_dim, generator=g).clamp(-1, 1)

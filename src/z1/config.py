@@ -77,9 +77,9 @@ POLICY_PRESETS: dict[str, PolicyConfig] = {
     # word-level prompt, a narrow MoT. See bench/policy.py for the measured training rate.
     "tiny": PolicyConfig(
         name="tiny",
-        vision=VisionConfig(width=128, depth=2, mlp_dim=256, num_heads=4, patch=16, image_size=64),
-        vlm=GemmaConfig(width=128, depth=4, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=32),
-        expert=GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=32),
+        vision=VisionConfig(width=64, depth=2, mlp_dim=128, num_heads=2, patch=16, image_size=64),
+        vlm=GemmaConfig(width=64, depth=3, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32),
+        expert=GemmaConfig(width=32, depth=3, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=32),
         vocab_size=1024,
         cameras=("scene", "wrist"),
         max_token_len=32,

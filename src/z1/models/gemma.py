@@ -125,20 +125,29 @@ class GemmaBlock(nn.Module):
         return x + (out if gate is None else gate * out)
 
 
-def rope(x: Tensor, positions: Tensor) -> Tensor:
-    """Half-split rotary embedding. x (b, heads, s, hd); positions (b, s) int -> same shape/dtype as x."""
-    hd = x.shape[-1]
-    if hd % 2:
-        raise ValueError(f"RoPE needs an even head_dim, got {hd}")
-    half = hd // 2
-    freq_exponents = torch.arange(half, dtype=torch.float32, device=x.device) * (2.0 / hd)
+def rope_tables(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """positions (b, s) int -> (sin, cos), each (b, 1, s, head_dim/2) fp32 (reused by all layers)."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    half = head_dim // 2
+    freq_exponents = torch.arange(half, dtype=torch.float32, device=positions.device) * (2.0 / head_dim)
     timescale = ROPE_THETA**freq_exponents  # (half,)
     angles = positions.to(torch.float32)[:, None, :, None] / timescale  # (b, 1, s, half)
-    sin, cos = torch.sin(angles), torch.cos(angles)
+    return torch.sin(angles), torch.cos(angles)
+
+
+def apply_rope(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+    """Half-split rotation [x1 cos - x2 sin, x2 cos + x1 sin] in fp32. x (b, heads, s, hd) -> same dtype."""
+    half = x.shape[-1] // 2
     xf = x.float()
     x1, x2 = xf[..., :half], xf[..., half:]
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return out.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def rope(x: Tensor, positions: Tensor) -> Tensor:
+    """Half-split rotary embedding. x (b, heads, s, hd); positions (b, s) int -> same shape/dtype as x."""
+    sin, cos = rope_tables(positions, x.shape[-1])
+    return apply_rope(x, sin, cos)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:

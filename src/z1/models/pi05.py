@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from z1.config import PolicyConfig
-from z1.models.gemma import AdaRMSNorm, GemmaBlock, RMSNorm, attention, query_scale, rope
+from z1.models.gemma import AdaRMSNorm, GemmaBlock, RMSNorm, apply_rope, attention, query_scale, rope_tables
 from z1.models.siglip import SiglipEncoder
 
 
@@ -173,27 +173,30 @@ class Pi05Policy(nn.Module):
         if t.shape != (b,):
             raise ValueError(f"t must be (b={b},), got {tuple(t.shape)}")
 
-    def _rope_q(self, q: Tensor, pos: Tensor) -> Tensor:
-        return rope(q, pos) * self._q_scale
+    def _rope_q(self, q: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+        return apply_rope(q, *tables) * self._q_scale
+
+    def _tables(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        return rope_tables(pos, self.config.vlm.head_dim)
 
     # ------------------------------------------------------------------------------------ prefix
     def build_prefix_cache(self, inputs: PolicyInputs) -> PrefixCache:
         """Run only the VLM stream over the prefix; return per-layer K,V (after RoPE) and the valid mask."""
         x, pad = self.embed_prefix(inputs)
         mask = make_attention_mask(pad, torch.zeros_like(pad))  # (b, p, p)
-        pos = position_ids(pad)  # (b, p)
+        rt = self._tables(position_ids(pad))  # positions (b, p)
         keys, values = [], []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             blk = layer.vlm
             h, _ = blk.attn_norm(x)
             q, k, v = blk.attn.qkv(h, with_q=i != last)
-            k = rope(k, pos)
+            k = apply_rope(k, *rt)
             keys.append(k)
             values.append(v)
             if i == last:  # the last layer's attention output/MLP never reaches the actions
                 break
-            x = blk.attn_residual(x, attention(self._rope_q(q, pos), k, v, mask), None)
+            x = blk.attn_residual(x, attention(self._rope_q(q, rt), k, v, mask), None)
             x = blk.ffw_residual(x, None)
         return PrefixCache(keys=tuple(keys), values=tuple(values), mask=pad)
 
@@ -216,15 +219,15 @@ class Pi05Policy(nn.Module):
         ar = torch.cat([torch.zeros(cache.mask.shape[1], dtype=torch.bool, device=x_t.device), ar_s])
         p = cache.mask.shape[1]
         mask = make_attention_mask(pad, ar)[:, p:, :]  # (b, h, p+h)
-        pos = position_ids(pad)[:, p:]  # (b, h)
+        rt = self._tables(position_ids(pad)[:, p:])  # positions (b, h)
         for i, layer in enumerate(self.layers):
             blk = layer.expert
             hs, gate = blk.attn_norm(xs, c)
             q, k, v = blk.attn.qkv(hs)
-            k = rope(k, pos)
+            k = apply_rope(k, *rt)
             kk = torch.cat([cache.keys[i].to(k.dtype), k], dim=2)
             vv = torch.cat([cache.values[i].to(v.dtype), v], dim=2)
-            xs = blk.attn_residual(xs, attention(self._rope_q(q, pos), kk, vv, mask), gate)
+            xs = blk.attn_residual(xs, attention(self._rope_q(q, rt), kk, vv, mask), gate)
             xs = blk.ffw_residual(xs, c)
         return self._expert_head(xs, c)
 
@@ -241,7 +244,7 @@ class Pi05Policy(nn.Module):
         ar[p] = True
         mask = make_attention_mask(pad, ar)  # (b, p+h, p+h)
         pos = position_ids(pad)
-        pos_p, pos_s = pos[:, :p], pos[:, p:]
+        rt_p, rt_s = self._tables(pos[:, :p]), self._tables(pos[:, p:])
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             vb, eb = layer.vlm, layer.expert
@@ -249,12 +252,12 @@ class Pi05Policy(nn.Module):
             hs, gate_s = eb.attn_norm(xs, c)
             qp, kp, vp = vb.attn.qkv(hp, with_q=i != last)
             qs, ks, vs = eb.attn.qkv(hs)
-            k = torch.cat([rope(kp, pos_p), rope(ks, pos_s)], dim=2)
+            k = torch.cat([apply_rope(kp, *rt_p), apply_rope(ks, *rt_s)], dim=2)
             v = torch.cat([vp, vs.to(vp.dtype)], dim=2)
             if i == last:  # only the suffix queries matter in the last layer
-                out_s = attention(self._rope_q(qs, pos_s), k, v, mask[:, p:])
+                out_s = attention(self._rope_q(qs, rt_s), k, v, mask[:, p:])
             else:
-                q = torch.cat([self._rope_q(qp, pos_p), self._rope_q(qs, pos_s).to(qp.dtype)], dim=2)
+                q = torch.cat([self._rope_q(qp, rt_p), self._rope_q(qs, rt_s).to(qp.dtype)], dim=2)
                 out = attention(q, k, v, mask)  # (b, p+h, heads*hd)
                 out_s = out[:, p:]
                 xp = vb.attn_residual(xp, out[:, :p], None)
