@@ -216,7 +216,7 @@ def _cmd_import(c: ImportCmd) -> None:
     loaded = import_pi05(
         Path(c.src), action_horizon=c.action_horizon, norm_stats=Path(c.norm_stats) if c.norm_stats else None
     )
-    save_checkpoint(Path(c.dst), loaded.model, loaded.norm, extra={"imported_from": c.src})
+    save_checkpoint(Path(c.dst), loaded.model, loaded.norm, extra={**loaded.extra, "imported_from": c.src})
     print(f"wrote {c.dst}")
 
 

@@ -22,7 +22,7 @@ import torch
 
 from z1.evaluate import EvalConfig, EvalResult, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
-from z1.models.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
 from z1.models.sampling import recompute_logprob
 from z1.rl.grpo import GRPOConfig, grpo_loss, kl_early_stop, minibatch_indices, total_term_weight
 from z1.rl.params import SelectiveConfig, apply_selective, frozen_prefix, grad_norms_by_group
@@ -282,14 +282,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                 if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
                     metrics.update(eval_metrics(evaluate(runner, venv, tasks, eval_cfg)))
                 logger.log(it + 1, metrics)
-                save_checkpoint(
-                    ckpt_dir,
-                    model,
-                    loaded.norm,
-                    extra={**(loaded.extra or {}), "stage": "rl", "iteration": it},
-                )
-                save_train_state(
-                    ckpt_dir / "train_state",
+                spec = TrainStateSpec(
                     optimizer,
                     {},
                     {
@@ -301,6 +294,8 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     torch_generators={"main": generator},
                     numpy_rngs={"main": rng},
                 )
+                extra = {**(loaded.extra or {}), "stage": "rl", "iteration": it}
+                save_checkpoint(ckpt_dir, model, loaded.norm, extra=extra, train_state=spec)
                 done_iters = it + 1
                 progress.update(
                     it_task,

@@ -22,7 +22,7 @@ from z1.config import policy_preset
 from z1.data.chunks import ChunkDataset
 from z1.data.lerobot import check_compatible, open_dataset
 from z1.data.normalize import normalization_from_dataset
-from z1.models.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
 from z1.models.pi05 import Pi05Policy, PolicyInputs
 from z1.models.tokenizer import make_tokenizer, tokenize_prompt
 from z1.models.transforms import images_to_model
@@ -174,22 +174,16 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     def save(step: int) -> None:
         extra = {"stage": "sft", "step": step, "dataset": str(cfg.dataset)}
         tensors: dict[str, torch.Tensor] = {}
-        if ema is not None:
+        raw = None
+        if ema is not None:  # the checkpoint holds the EMA weights; the raw ones ride along for resume
             raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
             tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
             tensors.update({f"raw.{k}": v for k, v in raw.items()})
             ema.copy_to(model)
-            save_checkpoint(ckpt_dir, model, norm, extra=extra)
+        spec = TrainStateSpec(optimizer, tensors, {"step": step}, torch_generators={"batches": generator})
+        save_checkpoint(ckpt_dir, model, norm, extra=extra, train_state=spec)
+        if raw is not None:
             model.load_state_dict(raw)
-        else:
-            save_checkpoint(ckpt_dir, model, norm, extra=extra)
-        save_train_state(
-            ckpt_dir / "train_state",
-            optimizer,
-            tensors,
-            {"step": step},
-            torch_generators={"batches": generator},
-        )
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     model.train()
