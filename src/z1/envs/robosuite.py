@@ -290,12 +290,16 @@ class _ExpertView:
         q = d.qpos[robot._ref_gripper_joint_pos_indexes["right"]]
         self.finger_gap = float(q[0] - q[1])  # ~0.08 open, 0 closed on nothing
 
+    rot_gain = 1.0  # fraction of the orientation error commanded per step
+    rot_clip = 1.0
+
     def act(
         self, pos_target: np.ndarray, rot_target: np.ndarray, grip: float, gain: float = 1.0
     ) -> np.ndarray:
         a = np.zeros(7)
         a[:3] = _move(self.eef, pos_target, gain)
-        a[3:6] = np.clip(0.5 * _rot_error(self.eef_mat, rot_target) / ROT_SCALE, -0.6, 0.6)
+        err = _rot_error(self.eef_mat, rot_target)
+        a[3:6] = np.clip(self.rot_gain * err / ROT_SCALE, -self.rot_clip, self.rot_clip)
         a[6] = grip
         return a
 
@@ -317,6 +321,7 @@ def _pick_and_carry(
     goal: np.ndarray | None,
     carry_z: float,
     grasp_dz: float = 0.0,
+    close_tol: float = 0.008,
 ) -> np.ndarray:
     """Approach above `obj`, descend, close, lift to `carry_z`, then (if `goal` given) move above `goal`
     (xy) and descend to its z, then open. `yaw` None keeps the gripper's yaw (round objects).
@@ -347,7 +352,7 @@ def _pick_and_carry(
         if v.eef[2] < grasp_point[2] + 0.04 and dxy > 0.03:  # too low and off target: go up first
             return v.act(np.array([v.eef[0], v.eef[1], hover[2]]), rot, -1.0)
         return v.act(hover if dxy > 0.03 else np.array([grasp_point[0], grasp_point[1], v.eef[2]]), rot, -1.0)
-    if rel[2] < -0.015:
+    if rel[2] < -close_tol:
         return v.act(grasp_point, rot, -1.0)
     return v.act(grasp_point, rot, 1.0)
 
@@ -363,6 +368,7 @@ def expert_lift(raw: Any) -> np.ndarray:
 
 def expert_pick_place_can(raw: Any) -> np.ndarray:
     v = _ExpertView(raw)
+    v.rot_gain, v.rot_clip = 0.5, 0.6  # near the edge of the reach: gentle orientation corrections
     d = raw.sim.data
     bid = raw.obj_body_id["Can"]
     can = np.array(d.body_xpos[bid])
@@ -373,7 +379,7 @@ def expert_pick_place_can(raw: Any) -> np.ndarray:
         return v.act(np.array([v.eef[0], v.eef[1], can[2] + 0.2]), rot, -1.0)
     # aim at the near half of the target bin region (the far corner is at the edge of the Panda's reach)
     goal = np.array([target[0], target[1] - 0.04, raw.bin2_pos[2] + 0.12])
-    return _pick_and_carry(v, can, None, goal, carry_z=raw.bin2_pos[2] + 0.22)
+    return _pick_and_carry(v, can, None, goal, carry_z=raw.bin2_pos[2] + 0.22, close_tol=0.015)
 
 
 def expert_door(raw: Any) -> np.ndarray:
@@ -388,7 +394,9 @@ def expert_door(raw: Any) -> np.ndarray:
     jid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, raw.door.joints[0])
     anchor = np.array(d._data.xanchor[jid])
     axis = np.array(d._data.xaxis[jid])
-    rot = _yaw_down_mat(_nearest_yaw(0.0, _current_yaw(v.eef_mat), np.pi))
+    # yaw target: the multiple of pi nearest to (current yaw + pi); empirically this turns the wrist so
+    # the fingers close around the bar (5/5 seeds; targeting the nearest multiple itself gave 0/10)
+    rot = _yaw_down_mat(_nearest_yaw(0.0, _current_yaw(v.eef_mat) + np.pi, np.pi))
     rel = handle - v.eef
     held = np.linalg.norm(rel) < 0.035 and v.raw.robots[0].gripper["right"].current_action[0] > 0.5
     if held or (np.linalg.norm(rel) < 0.02 and v.raw.robots[0].gripper["right"].current_action[0] > 0):
