@@ -52,6 +52,8 @@ class EvalCmd:
     """z1 checkpoint directory."""
     tasks: str = "mw-quick"
     """Task set or comma-separated task names."""
+    suite: str | None = None
+    """Simulator suite (default: the suite of the task set)."""
     episodes: int = 50
     """Episodes per task."""
     out: str | None = None
@@ -166,13 +168,15 @@ def _cmd_eval(c: EvalCmd) -> None:
     from z1.evaluate import EvalConfig, evaluate, markdown_table
     from z1.fsutil import write_json_atomic
     from z1.models.checkpoint import load_checkpoint
-    from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks
+    from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks, suite_for
 
     _process_setup(c.threads)
     console = Console()
     loaded = load_checkpoint(Path(c.checkpoint))
     tasks = resolve_tasks(c.tasks)
-    venv = make_vector_env("metaworld", c.num_slots, c.workers, loaded.model.config.vision.image_size)
+    venv = make_vector_env(
+        suite_for(c.tasks, c.suite), c.num_slots, c.workers, loaded.model.config.vision.image_size
+    )
     try:
         runner = build_runner(loaded.model, loaded, venv.spec, c.h_exec)
         cfg = EvalConfig(

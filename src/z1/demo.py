@@ -115,11 +115,14 @@ def _machine() -> dict:
 def _eval_stage(ckpt: Path, tasks: list[str], b: DemoBudget, cfg: DemoConfig, run: Path, stage: str, console):
     from z1.media import save_filmstrips
     from z1.models.checkpoint import load_checkpoint
-    from z1.train.setup import build_runner, make_vector_env, progress_bar
+    from z1.train.setup import build_runner, make_vector_env, progress_bar, suite_for
 
     loaded = load_checkpoint(ckpt)
     venv = make_vector_env(
-        "metaworld", max(2, min(8, len(tasks) * 2)), cfg.workers, loaded.model.config.vision.image_size
+        suite_for(",".join(tasks)),
+        max(2, min(8, len(tasks) * 2)),
+        cfg.workers,
+        loaded.model.config.vision.image_size,
     )
     try:
         runner = build_runner(loaded.model, loaded, venv.spec, b.h_exec)

@@ -57,6 +57,8 @@ from z1.envs.robosuite import (
 from z1.types import EnvSpec, Observation, StepResult
 
 SUITE = "robocasa"
+# Named task sets for the registry: the paper's 24 atomic tasks.
+TASK_SETS: dict[str, tuple[str, ...]] = {"robocasa24": TASK_NAMES}
 CONTROL_HZ = 20.0
 ROBOT = "PandaOmron"
 CAMERAS: tuple[str, ...] = ("robot0_agentview_left", "robot0_agentview_right", "robot0_eye_in_hand")

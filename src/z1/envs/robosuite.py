@@ -82,6 +82,9 @@ TASKS: dict[str, RobosuiteTask] = {
     "PickPlaceCan": RobosuiteTask("PickPlaceCan", 400, "pick up the can and put it in the bottom right bin"),
     "NutAssemblySquare": RobosuiteTask("NutAssemblySquare", 400, "put the square nut onto the square peg"),
 }
+
+# Named task sets for the registry (`--tasks robosuite`).
+TASK_SETS: dict[str, tuple[str, ...]] = {"robosuite": tuple(TASKS)}
 DEFAULT_CAMERAS: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
 
 

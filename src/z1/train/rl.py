@@ -30,7 +30,7 @@ from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
 from z1.rollout.collector import RolloutBatch, RolloutConfig, collect_groups
 from z1.train.metrics import MetricsLogger
-from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks
+from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks, suite_for
 
 TRAIN_SEED_BASE = 10_000  # training groups; demonstrations use 0.., evaluation 100_000..
 
@@ -43,8 +43,8 @@ class RLConfig:
     """SFT checkpoint directory to start from (`z1 sft` output or a `z1 import`ed pi0.5)."""
     out: str = "runs/rl"
     """Run directory: checkpoint in `out/rl_ckpt`, metrics in `out/rl_metrics.jsonl`."""
-    suite: str = "metaworld"
-    """Simulator suite: metaworld | robosuite | robocasa."""
+    suite: str | None = None
+    """Simulator suite: metaworld | robosuite | robocasa (default: the suite of `tasks`)."""
     tasks: str = "mw-quick"
     """Task set name (mw-quick, mt10, mt50, ...) or comma-separated task names."""
     iterations: int = 10
@@ -203,7 +203,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
         start_iter = int(meta["iteration"]) + 1
         task_stats = TaskTimeStats.from_json(meta["task_stats"])
         logger.truncate_after(start_iter)
-    venv = make_vector_env(cfg.suite, cfg.num_slots, cfg.workers, cfg.image_size)
+    venv = make_vector_env(suite_for(cfg.tasks, cfg.suite), cfg.num_slots, cfg.workers, cfg.image_size)
     try:
         runner = build_runner(model, loaded, venv.spec, cfg.rollout.h_exec, cfg.rollout.share_prefix)
         sampler = runner.sampler(

@@ -14,7 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from z1.envs.registry import suite_of_task_set, task_set
+from z1.envs.registry import all_task_sets, suite_of_task_set, task_set
 from z1.models.tokenizer import make_tokenizer
 from z1.models.transforms import ObservationEncoder
 from z1.rollout.runner import PolicyRunner
@@ -28,10 +28,17 @@ def resolve_tasks(tasks: str) -> list[str]:
     return task_set(tasks)
 
 
-def suite_for(tasks: str, suite: str | None) -> str:
+def suite_for(tasks: str, suite: str | None = None) -> str:
+    """The simulator suite of a task spec: explicit, else the suite of the task set or of its first task."""
     if suite:
         return suite
-    return suite_of_task_set(tasks)
+    if "," not in tasks and not tasks.endswith("-v3"):
+        return suite_of_task_set(tasks)
+    first = resolve_tasks(tasks)[0]
+    for set_suite, names in all_task_sets().values():
+        if first in names:
+            return set_suite
+    return "metaworld"
 
 
 def make_vector_env(suite: str, num_slots: int, workers: int, image_size: int):
