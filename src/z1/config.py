@@ -56,7 +56,9 @@ class PolicyConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     vlm: GemmaConfig = field(default_factory=GemmaConfig)
     expert: GemmaConfig = field(
-        default_factory=lambda: GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
+        default_factory=lambda: GemmaConfig(
+            width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256
+        )
     )
     vocab_size: int = 257152
     cameras: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
