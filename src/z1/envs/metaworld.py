@@ -21,6 +21,7 @@ bitwise replay.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -380,8 +381,11 @@ class MetaWorldEnv:
     def expert_action(self) -> np.ndarray:
         cur = self._require_task()
         assert self._raw_obs is not None
-        # a copy: some experts (door-open, door-close) edit the observation in place
-        a = np.asarray(cur.policy.get_action(self._raw_obs.copy()), dtype=np.float64)
+        # a copy: some experts (door-open, door-close) edit the observation in place. Their gains exceed
+        # the action bounds and metaworld warns on every call; z1 clips below, so the warning is noise.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
+            a = np.asarray(cur.policy.get_action(self._raw_obs.copy()), dtype=np.float64)
         return np.clip(a, -1.0, 1.0)
 
     # ---- snapshot / restore ----
