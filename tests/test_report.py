@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from z1.evaluate import EvalResult, TaskResult, wilson_interval
+from z1.media import save_filmstrips
 from z1.report import load_run, write_report
 
 TASKS = ("reach-v3", "push-v3", "button-press-topdown-v3")
@@ -41,11 +42,19 @@ def _eval(succ: dict[str, int], rng: np.random.Generator, max_steps: int = 160) 
     return EvalResult(tasks, avg, int(sum(sum(r.lengths) for r in tasks.values())))
 
 
-def _strip(rng: np.random.Generator, frames: int = 8, size: int = 24) -> bytes:
-    img = rng.integers(0, 255, size=(size, frames * size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
+def _episode_frames(rng: np.random.Generator, n: int = 40, size: int = 64) -> list[np.ndarray]:
+    """A toy scene: grey table, a gripper block moving towards a red object. (y, x, 3) uint8 frames."""
+    goal = rng.integers(8, size - 16, size=2)
+    frames = []
+    for i in range(n):
+        img = np.full((size, size, 3), (190, 186, 178), dtype=np.uint8)
+        img[size // 2 :] = (150, 120, 90)  # table
+        gy, gx = goal
+        img[gy : gy + 8, gx : gx + 8] = (200, 40, 40)
+        py, px = (np.array([4, 4]) + (goal - 4) * i / (n - 1)).astype(int)
+        img[py : py + 6, px : px + 6] = (40, 60, 200)
+        frames.append(img)
+    return frames
 
 
 def make_run_dir(
@@ -146,11 +155,9 @@ def make_run_dir(
                 json.dumps({"step": ITERS, "time": t0 + 1400, **final, "eval_success_avg": rl_eval.average})
                 + "\n"
             )
-    if filmstrips:
-        (run / "filmstrips").mkdir()
+    if filmstrips:  # written by the pipeline's own writer: 8 frames of 64 px, upscaled to 96 px high
         for stage in ("sft", "rl") if rl else ("sft",):
-            for task in TASKS:
-                (run / "filmstrips" / f"{stage}_{task}.png").write_bytes(_strip(rng))
+            save_filmstrips({t: [_episode_frames(rng)] for t in TASKS}, run / "filmstrips", stage)
     return run
 
 

@@ -427,7 +427,7 @@ def _success_table(data: RunData) -> Section:
             cells.append((rate, ci, x))
         eps = " / ".join(str(int(x["episodes"])) for x in (s, r) if x)
         lens = " → ".join(
-            fmt_num(round(float(x["mean_success_length"]), 1))
+            f"{float(x['mean_success_length']):.1f}"
             if x and _is_number(x.get("mean_success_length"))
             else "—"
             for x in (s, r)
@@ -683,7 +683,7 @@ def _filmstrip_section(data: RunData, images: Images) -> Section:
     shown, rest = tasks[:MAX_FILMSTRIP_TASKS], tasks[MAX_FILMSTRIP_TASKS:]
     h_parts, m_parts = [], []
     for t in shown:
-        h_parts.append(f'<div class="film"><h3><code>{_esc(t)}</code></h3>')
+        h_parts.append(f'<div class="film"><h3><code>{_esc(t)}</code></h3><div class="pair">')
         m_parts.append(f"### `{t}`")
         for s in STAGES:
             path = data.filmstrips.get((s, t))
@@ -700,7 +700,7 @@ def _filmstrip_section(data: RunData, images: Images) -> Section:
             tag, ref = images.add(f"filmstrip-{s}-{t}", png, f"{cap} ({t})", css="strip")
             h_parts.append(f"<figure>{tag}<figcaption>{_esc(cap)}</figcaption></figure>")
             m_parts.append(f"{cap}\n\n{ref}")
-        h_parts.append("</div>")
+        h_parts.append("</div></div>")
     h = '<p class="caption">Frames evenly spaced over the first evaluation episode of each policy.</p>'
     h += "".join(h_parts)
     m = "\n\n".join(m_parts)
@@ -785,7 +785,8 @@ code { font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; }
 .note { color:#8a5a00; background:#fff8e6; border-left:3px solid #f0b429; padding:6px 10px; margin:6px 0;
         border-radius:4px; }
 ul.problems li, ul.missing li { color:#8a5a00; font-size:13px; }
-table { border-collapse:collapse; width:100%; font-size:13.5px; }
+table { border-collapse:collapse; width:auto; min-width:55%; font-size:13.5px; }
+#success-table { width:100%; }
 th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:middle; }
 thead th { background:#f1f3f5; font-weight:600; font-size:12.5px; color:var(--muted); white-space:nowrap; }
 tbody tr:nth-child(even) { background:#fafbfc; }
@@ -799,10 +800,11 @@ td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-spac
 .bar { display:inline-block; width:90px; height:8px; background:#eef0f2; border-radius:4px;
        margin-left:8px; vertical-align:middle; overflow:hidden; }
 .bar span { display:block; height:8px; background:var(--accent); }
-.grid { display:grid; grid-template-columns:repeat(auto-fit,minmax(340px,1fr)); gap:14px; }
+.grid { display:grid; grid-template-columns:repeat(auto-fit,minmax(420px,1fr)); gap:14px; }
 figure { margin:0; }
 .grid img { width:100%; height:auto; border:1px solid var(--line); border-radius:6px; }
 .film { margin:0 0 10px; }
+.pair { display:grid; grid-template-columns:repeat(auto-fit,minmax(360px,1fr)); gap:12px; align-items:start; }
 img.strip { width:100%; height:auto; image-rendering:pixelated; border-radius:4px; display:block; }
 figcaption { font-size:12.5px; color:var(--muted); margin:3px 0 8px; }
 details summary { cursor:pointer; color:var(--accent); margin:12px 0 6px; }
@@ -870,6 +872,7 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -895,4 +898,6 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
                 old.unlink()
     md_path = write_text_atomic(run_dir / "report.md", md)
     html_path = write_text_atomic(run_dir / "report.html", page)
+    for p in (md_path, html_path):
+        p.chmod(0o644)  # mkstemp creates 0600; a report is meant to be shared
     return html_path, md_path

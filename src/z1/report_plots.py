@@ -116,7 +116,7 @@ def line_plot(
             alpha=1.0 if s.emphasis else 0.75,
             linestyle="--" if s.dashed else "-",
             marker=s.marker or ("o" if len(s.x) == 1 else None),
-            markersize=4,
+            markersize=10 if s.marker == "*" else 4,
             zorder=3 if s.emphasis else 2,
         )
     for h in hlines:
@@ -125,6 +125,10 @@ def line_plot(
         _percent_axis(ax)
     if log_y:
         ax.set_yscale("log")
+    elif not percent and max((max(s.y) for s in series if len(s.y)), default=0.0) >= 10_000:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k"))
     return _png(fig, ax, legend=True)
 
 
