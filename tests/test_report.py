@@ -392,3 +392,24 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", real_fsync)
     write_report(run)
     assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_without_matplotlib_the_curves_section_says_so(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    html = write_report(make_run_dir(tmp_path))[0].read_text()
+    assert "matplotlib is not installed, so there are no curves: pip install &#x27;z1[report]&#x27;." in html
+    assert len(_parse(html).imgs) == 2 * len(TASKS)  # the filmstrips still show
+
+
+def test_malformed_eval_entries_are_left_out(tmp_path):
+    run = make_run_dir(tmp_path)
+    data = json.loads((run / "eval_rl.json").read_text())
+    data["tasks"]["push-v3"]["rate"] = "n/a"
+    (run / "eval_rl.json").write_text(json.dumps(data))
+    html = write_report(run)[0].read_text()
+    assert "eval_rl.json: task(s) push-v3 lack a number for one of" in html
+    rows = {r[0]: r for r in _parse(html).tables["success-table"][1:]}
+    assert rows["push-v3"][1] == _pct(SFT_SUCC["push-v3"]) and rows["push-v3"][3] == "—"
+    assert rows["reach-v3"][3] == _pct(RL_SUCC["reach-v3"])

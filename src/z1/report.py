@@ -96,7 +96,7 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
 def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     """`read_metrics`, tolerating unparsable lines (e.g. the last line of a run still writing)."""
     try:
-        return read_metrics(path)
+        return [r for r in read_metrics(path) if isinstance(r, dict)]
     except (json.JSONDecodeError, UnicodeDecodeError):
         pass
     rows: list[dict[str, Any]] = []
@@ -134,9 +134,13 @@ def _valid_eval(data: dict[str, Any] | None, name: str, problems: list[str]) -> 
         problems.append(f"{name} has no 'tasks' object; it is treated as missing.")
         return None
     need = ("rate", "ci_low", "ci_high", "episodes")
-    bad = [t for t, r in tasks.items() if not isinstance(r, dict) or any(k not in r for k in need)]
+    bad = [
+        t for t, r in tasks.items() if not isinstance(r, dict) or not all(_is_number(r.get(k)) for k in need)
+    ]
     if bad:
-        problems.append(f"{name}: task(s) {', '.join(bad)} lack one of {need}; they are left out.")
+        problems.append(
+            f"{name}: task(s) {', '.join(bad)} lack a number for one of {need}; they are left out."
+        )
         data = {**data, "tasks": {t: r for t, r in tasks.items() if t not in bad}}
     return data
 

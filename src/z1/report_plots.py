@@ -77,7 +77,9 @@ def _new_axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float]):
 
 def _png(fig, ax, legend: bool) -> bytes:
     if legend:
-        ax.legend(fontsize=7.5, frameon=False, loc="best")
+        ax.legend(
+            fontsize=7.5, loc="best", frameon=True, framealpha=0.85, facecolor="white", edgecolor="none"
+        )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
     return buf.getvalue()
