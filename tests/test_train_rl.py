@@ -40,6 +40,7 @@ def _cfg(init: Path, out: Path, iterations: int) -> RLConfig:
         groups_per_task=1,
         lr=1e-3,
         eval_episodes=0,
+        calibration_episodes=0,
         num_slots=4,
         workers=0,
         threads=1,

@@ -239,6 +239,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             iterations=b.rl_iterations,
             groups_per_task=b.groups_per_task,
             eval_episodes=0,
+            calibration_episodes=min(10, b.eval_episodes),
             workers=cfg.workers,
             num_slots=16,
             threads=cfg.threads,

@@ -25,7 +25,7 @@ RL_PRESETS: dict[str, RLConfig] = {
         tasks="mw-quick",
         iterations=40,
         groups_per_task=2,
-        lr=3e-5,
+        lr=1e-4,
         eval_every=10,
         eval_episodes=20,
         rollout=RolloutConfig(group_size=8, trunks=2, branch_factor=4, h_exec=4, num_steps=5, max_steps=160),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,9 @@ class RLConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     image_size: int = 64
     """Camera resolution of the env (square)."""
+    calibration_episodes: int = 10
+    """Tree mode: ODE episodes per task of the initial policy, run once before training to seed the
+    branch points (median success length C_med) and the reward's reference time T_min."""
 
 
 def group_plan(tasks: list[str], groups_per_task: int, iteration: int) -> list[tuple[str, int]]:
@@ -215,9 +218,11 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
             max_steps=cfg.rollout.max_steps,
         )
         flat = cfg.rollout.mode == "flat"
-        if start_iter == 0 and cfg.eval_episodes > 0 and cfg.rollout.mode == "tree":
+        if start_iter == 0 and cfg.calibration_episodes > 0 and cfg.rollout.mode == "tree":
             # The SFT policy's success lengths seed C_med (branch points) and T_min (reward calibration).
-            base = evaluate(runner, venv, tasks, eval_cfg)
+            base = evaluate(
+                runner, venv, tasks, replace(eval_cfg, episodes_per_task=cfg.calibration_episodes)
+            )
             for t, r in base.tasks.items():
                 task_stats.update(t, np.array(r.success_flags), np.array(r.lengths, dtype=float), cfg.reward)
             logger.log(0, {**eval_metrics(base), "env_steps": 0, "env_steps_flat_equiv": 0})
