@@ -569,7 +569,7 @@ def _curve_sections(data: RunData, images: Images) -> Section:
 
     lx, ly = series(sft_rows, "loss")
     if lx:
-        log_y = min(ly) > 0
+        log_y = min(ly) > 0 and max(ly) / min(ly) > 10  # log axis only when the loss spans a decade
         figs.append(
             (
                 "SFT loss",

@@ -58,6 +58,7 @@ def color_for(index: int) -> str:
 def _new_axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=size, dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -66,6 +67,7 @@ def _new_axes(title: str, xlabel: str, ylabel: str, size: tuple[float, float]):
     ax.set_xlabel(xlabel, fontsize=9, color=INK)
     ax.set_ylabel(ylabel, fontsize=9, color=INK)
     ax.tick_params(labelsize=8, colors=INK)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # x is an iteration or step count
     ax.grid(True, color=GRID, linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -121,6 +123,9 @@ def line_plot(
             markersize=10 if s.marker == "*" else 4,
             zorder=3 if s.emphasis else 2,
         )
+    xs = [float(v) for s in series for v in s.x]
+    if xs and max(xs) - min(xs) < 2:  # one or two iterations: give the points room
+        ax.set_xlim(min(xs) - 1, max(xs) + 1)
     for h in hlines:
         ax.axhline(h.y, color=h.color, linestyle=":", linewidth=1.6, label=h.label, zorder=1)
     if percent:
@@ -148,15 +153,22 @@ def stack_plot(
         if len(ys) != len(x):
             raise ValueError(f"layer {label!r}: {len(x)} x values but {len(ys)} values")
     fig, ax = _new_axes(title, xlabel, "fraction of groups", size)
-    ax.stackplot(
-        x,
-        *[ys for _, ys, _ in layers],
-        labels=[label for label, _, _ in layers],
-        colors=[c for _, _, c in layers],
-        alpha=0.85,
-        linewidth=0.0,
-    )
-    ax.set_xlim(min(x), max(x) if max(x) > min(x) else min(x) + 1)
+    if len(x) >= 2:
+        ax.stackplot(
+            x,
+            *[ys for _, ys, _ in layers],
+            labels=[label for label, _, _ in layers],
+            colors=[c for _, _, c in layers],
+            alpha=0.85,
+            linewidth=0.0,
+        )
+        ax.set_xlim(min(x), max(x))
+    else:  # one iteration: an area needs two points, so draw stacked bars
+        bottom = [0.0] * len(x)
+        for label, ys, c in layers:
+            ax.bar(x, ys, width=0.5, bottom=bottom, label=label, color=c, alpha=0.85)
+            bottom = [b + y for b, y in zip(bottom, ys)]
+        ax.set_xlim(min(x) - 1, max(x) + 1)
     _percent_axis(ax)
     ax.set_ylim(0.0, 1.0)
     return _png(fig, ax, legend=True)
