@@ -61,6 +61,11 @@ class FakeVectorEnv:
     def clone(self, src: int, dst: int) -> None:
         self.state[dst] = copy.deepcopy(self.state[src])
 
+    def clone_many(self, src: int, dsts, observe: bool = False):
+        for d in dsts:
+            self.clone(src, d)
+        return [self._obs(d) if observe else None for d in dsts]
+
     def snapshot(self, slot: int):
         return copy.deepcopy(self.state[slot])
 

@@ -142,3 +142,20 @@ def test_no_orphans_after_close_or_parent_death():
     while any(_alive(p) for p in child_pids) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in child_pids)
+
+
+def test_clone_many_same_task_other_seed_without_reset(venv):
+    """Branching: one snapshot into several slots (both workers), slots that hold the task with another
+    seed are restored without a reset, and every clone then follows the same trajectory bitwise."""
+    venv.reset([0, 1, 2], ["push-v3", "push-v3", "reach-v3"], [7, 9, 8])
+    venv.run_chunks({0: np.tile([0.3, -0.2, 0.1, -1.0], (4, 1))}, observe=False)
+    assert venv.clone_many(0, [1, 2]) == [None, None]  # no rendering unless asked
+    assert venv.slot_task(1) == venv.slot_task(2) == ("push-v3", 7)
+    chunk = np.random.default_rng(2).uniform(-1, 1, (6, 4))
+    res = venv.run_chunks({0: chunk, 1: chunk, 2: chunk}, stop_on_success=False)
+    for s in (1, 2):
+        assert np.array_equal(res[0].rewards, res[s].rewards)
+        assert _same_obs(res[0].observation, res[s].observation)
+        assert res[s].t == res[0].t == 10
+    with pytest.raises(EnvError, match="also a destination"):
+        venv.clone_many(0, [0, 1])

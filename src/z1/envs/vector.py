@@ -73,6 +73,23 @@ class _Slots:
     def expert_actions(self, slots: list[int]) -> dict[int, np.ndarray]:
         return {s: self._env(s).expert_action() for s in slots}
 
+    def clone_into(
+        self, items: list[tuple[int, str, int]], snap: Any, observe: bool
+    ) -> dict[int, Observation | None]:
+        """Restore `snap` into each slot; a slot holding another task is reset to (task, seed) first.
+
+        A snapshot restores across seeds of the same task (the adapters snapshot the seed-dependent
+        model fields too), so no reset is needed when only the seed differs.
+        """
+        out: dict[int, Observation | None] = {}
+        for s, task, seed in items:
+            env = self._env(s)
+            if env.task != task:
+                env.reset(task, seed)
+            env.restore(snap)
+            out[s] = env.observe() if observe else None
+        return out
+
     def close(self) -> None:
         for env in self.envs.values():
             env.close()
@@ -120,15 +137,30 @@ class _Base:
         return self._task[slot], self._seed[slot]
 
     def clone(self, src: int, dst: int) -> Observation:
-        """Copy slot `src`'s state into slot `dst` (resetting dst to src's task/seed if they differ)."""
+        """Copy slot `src`'s state into slot `dst` (resetting dst to src's task first if it differs)."""
+        obs = self.clone_many(src, [dst], observe=True)[0]
+        assert obs is not None
+        return obs
+
+    def clone_many(self, src: int, dsts: Sequence[int], observe: bool = False) -> list[Observation | None]:
+        """Copy slot `src`'s state into every slot of `dsts`: one snapshot, one call per worker (in
+        parallel), no rendering unless `observe` (the clones' observation equals src's)."""
         self._check_reset([src])
-        self._check_slots([dst])
-        snap = self.snapshot(src)
+        self._check_slots(list(dsts))
+        if src in dsts:
+            raise EnvError(f"clone_many: source slot {src} is also a destination")
         task, seed = self._task[src], self._seed[src]
         assert task is not None and seed is not None
-        if (self._task[dst], self._seed[dst]) != (task, seed):
-            self.reset([dst], [task], [seed])
-        return self.restore(dst, snap)
+        snap = self.snapshot(src)
+        got = self._clone_into([(int(d), task, seed) for d in dsts], snap, observe)
+        for d in dsts:
+            self._task[d], self._seed[d] = task, seed
+        return [got[int(d)] for d in dsts]
+
+    def _clone_into(
+        self, items: list[tuple[int, str, int]], snap: Any, observe: bool
+    ) -> dict[int, Observation | None]:
+        raise NotImplementedError
 
     def __enter__(self) -> Any:
         return self
@@ -200,6 +232,11 @@ class InProcessVectorEnv(_Base):
         self._check_reset(slots)
         got = self._slots.expert_actions(slots)
         return [got[s] for s in slots]
+
+    def _clone_into(
+        self, items: list[tuple[int, str, int]], snap: Any, observe: bool
+    ) -> dict[int, Observation | None]:
+        return self._slots.clone_into(items, snap, observe)
 
     def close(self) -> None:
         self._slots.close()
@@ -440,6 +477,15 @@ class VectorEnv(_Base):
         self._check_reset([slot])
         w = self.worker_of(slot)
         return self._call({w: ("restore", (slot, snap))}, "restore")[w]
+
+    def _clone_into(
+        self, items: list[tuple[int, str, int]], snap: Any, observe: bool
+    ) -> dict[int, Observation | None]:
+        by_worker: dict[int, list[tuple[int, str, int]]] = {}
+        for it in items:
+            by_worker.setdefault(self.worker_of(it[0]), []).append(it)
+        got = self._call({w: ("clone_into", (its, snap, observe)) for w, its in by_worker.items()}, "clone")
+        return {s: o for d in got.values() for s, o in d.items()}
 
     def _crash_worker_for_test(self, w: int) -> None:
         self._conns[w].send(("_crash", ()))

@@ -185,11 +185,11 @@ def collect_groups(
             out_groups.append(g)
             (ob0,) = venv.reset([base], [task], [seed])
             t0 = time.perf_counter()
-            for m in range(tree_cfg.trunks):
-                slot = base + m
-                if m > 0:
-                    venv.clone(base, slot)
-                    clones += 1
+            trunk_slots = list(range(base, base + tree_cfg.trunks))
+            if len(trunk_slots) > 1:  # identical initial state: clones of the reset slot
+                venv.clone_many(base, trunk_slots[1:])
+                clones += len(trunk_slots) - 1
+            for slot in trunk_slots:
                 live[slot] = (gi, g.tree.add_trunk())
                 steps[slot] = 0
                 obs[slot] = ob0
@@ -252,9 +252,10 @@ def collect_groups(
                     continue  # not enough slots (only with uneven custom trees); keep going unbranched
                 kids = g.tree.branch(node, k)
                 live[s] = (gi, kids[0])
-                for kid, dst in zip(kids[1:], free):
-                    venv.clone(s, dst)
-                    clones += 1
+                dsts = free[: k - 1]
+                venv.clone_many(s, dsts)
+                clones += len(dsts)
+                for kid, dst in zip(kids[1:], dsts):
                     live[dst] = (gi, kid)
                     steps[dst] = steps[s]
                     obs[dst] = obs[s]
