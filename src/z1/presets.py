@@ -28,7 +28,10 @@ RL_PRESETS: dict[str, RLConfig] = {
         lr=1e-4,
         eval_every=10,
         eval_episodes=20,
-        rollout=RolloutConfig(group_size=8, trunks=2, branch_factor=4, h_exec=4, num_steps=5, max_steps=160),
+        # Branch half-way through the cap: failures (which run to the cap) save 37.5% of their env steps.
+        rollout=RolloutConfig(
+            group_size=8, trunks=2, branch_factor=4, branch_frac=0.5, h_exec=4, num_steps=5, max_steps=160
+        ),
     ),
     "mt10": RLConfig(
         init="",

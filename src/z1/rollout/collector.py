@@ -46,6 +46,9 @@ class RolloutConfig:
     """k, children per branch node (tree mode)."""
     branch_at: int | None = None
     """Fixed branch chunk index; None draws b ~ U{1..floor(0.5 * C_med(task))} per group (C.2)."""
+    branch_frac: float | None = None
+    """Branch at this fraction of the episode cap (chunk round(f * max_steps / h_exec)); overrides
+    branch_at. With M=2, k=4 and f=0.5 the env-step saving is at most 37.5% (algorithms.md C.8)."""
     h_exec: int = 4
     """Actions executed per chunk before the policy looks again."""
     num_steps: int = 5
@@ -76,6 +79,8 @@ class RolloutConfig:
         if self.mode == "flat":
             return TreeConfig.flat(self.group_size)
         levels = None if self.branch_at is None else (self.branch_at,)
+        if self.branch_frac is not None:
+            levels = (max(1, round(self.branch_frac * self.max_steps / self.h_exec)),)
         return TreeConfig(trunks=self.trunks, branch_levels=levels, branch_factor=self.branch_factor)
 
 
