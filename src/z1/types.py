@@ -107,7 +107,9 @@ class FeatureStats:
     q99: np.ndarray
 
     def to_json(self) -> dict[str, list[float]]:
-        return {k: np.asarray(getattr(self, k), dtype=np.float64).tolist() for k in ("mean", "std", "q01", "q99")}
+        return {
+            k: np.asarray(getattr(self, k), dtype=np.float64).tolist() for k in ("mean", "std", "q01", "q99")
+        }
 
     @staticmethod
     def from_json(d: dict[str, list[float]]) -> FeatureStats:
@@ -151,4 +153,6 @@ class Normalization:
     def from_json(d: dict) -> Normalization:
         if d.get("mode") not in ("quantile", "meanstd"):
             raise ValueError(f"normalization mode must be 'quantile' or 'meanstd', got {d.get('mode')!r}")
-        return Normalization(FeatureStats.from_json(d["state"]), FeatureStats.from_json(d["action"]), d["mode"])
+        return Normalization(
+            FeatureStats.from_json(d["state"]), FeatureStats.from_json(d["action"]), d["mode"]
+        )

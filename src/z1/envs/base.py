@@ -71,7 +71,9 @@ def check_action(action: np.ndarray, spec: EnvSpec) -> np.ndarray:
     return np.clip(a, spec.action_low, spec.action_high)
 
 
-def run_chunk(env: Env, actions: np.ndarray, stop_on_success: bool = True, observe: bool = True) -> ChunkResult:
+def run_chunk(
+    env: Env, actions: np.ndarray, stop_on_success: bool = True, observe: bool = True
+) -> ChunkResult:
     """Execute the rows of `actions` (n, d) until success (optionally) or the time limit."""
     rewards: list[float] = []
     success_step = -1
