@@ -12,6 +12,8 @@ Two facts shape this module (simulators.md §1-§3):
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import os
 import subprocess
@@ -90,7 +92,15 @@ def _process_gl_context() -> Any:
             f"could not create an offscreen GL context with MUJOCO_GL={backend}: {type(e).__name__}: {e}. "
             "Try MUJOCO_GL=egl or MUJOCO_GL=osmesa (set it before mujoco is imported)."
         ) from e
+    # Free it while the interpreter is still whole; left to __del__ at shutdown, the EGL binding is
+    # already torn down and prints a TypeError.
+    atexit.register(_free_quietly, ctx)
     return ctx
+
+
+def _free_quietly(ctx: Any) -> None:
+    with contextlib.suppress(Exception):
+        ctx.free()
 
 
 class CameraRenderer:
