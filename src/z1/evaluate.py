@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from z1.rollout.runner import PolicyRunner
 
@@ -86,7 +87,10 @@ def evaluate(runner: PolicyRunner, venv, tasks: list[str], cfg: EvalConfig, prog
         task, seed = queue.popleft()
         (ob,) = venv.reset([slot], [task], [seed])
         record = cfg.videos_per_task > 0 and len(frames[task]) < cfg.videos_per_task
-        ep = {"task": task, "seed": seed, "t": 0, "frames": [] if record else None}
+        # The ODE is deterministic given its initial noise; each episode draws that noise from its own
+        # generator, so results do not depend on which slot or batch the episode ran in.
+        gen = torch.Generator().manual_seed(seed)
+        ep = {"task": task, "seed": seed, "t": 0, "frames": [] if record else None, "gen": gen}
         if record:
             frames[task].append(ep["frames"])
             ep["frames"].append(_frame(ob))
@@ -97,7 +101,9 @@ def evaluate(runner: PolicyRunner, venv, tasks: list[str], cfg: EvalConfig, prog
         start(slot)
     while active:
         slots = sorted(active)
-        acted = runner.act([obs[s] for s in slots], sampler)
+        h, a = runner.model.config.action_horizon, runner.model.config.action_dim
+        noise = torch.stack([torch.randn((h, a), generator=active[s]["gen"]) for s in slots])  # (b, h, a)
+        acted = runner.act([obs[s] for s in slots], sampler, noise=noise)
         results = venv.run_chunks(
             {
                 s: acted.env_actions[i][: max(1, min(runner.h_exec, max_steps - active[s]["t"]))]

@@ -94,8 +94,14 @@ class PolicyRunner:
 
     @torch.no_grad()
     def act(
-        self, observations: list[Observation], cfg: SamplerConfig, generator: torch.Generator | None = None
+        self,
+        observations: list[Observation],
+        cfg: SamplerConfig,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> Acted:
+        """One chunk per observation. `noise` (b, h, a) is the initial x at t=1; drawn from `generator`
+        when not given. The SDE steps' noise always comes from `generator`."""
         if self.share_prefix:
             unique, rows = dedupe(observations)
         else:
@@ -110,7 +116,10 @@ class PolicyRunner:
         )
         a = self.model.config.action_dim
         h = self.model.config.action_horizon
-        noise = torch.randn((len(observations), h, a), generator=generator)  # (b, h, a)
+        if noise is None:
+            noise = torch.randn((len(observations), h, a), generator=generator)  # (b, h, a)
+        elif noise.shape != (len(observations), h, a):
+            raise ValueError(f"noise must be ({len(observations)}, {h}, {a}), got {tuple(noise.shape)}")
         sample = sample_chunk(self.model, row_cache, noise, cfg, generator=generator)
         env_actions = self.to_env(sample.actions.float().numpy())
         return Acted(env_actions, sample, inputs, cache, row_idx, len(unique))
