@@ -35,6 +35,13 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     ap.add_argument("--reward", default="D4", choices=["D0", "D1", "D4"])
+    ap.add_argument(
+        "--report-only",
+        nargs="+",
+        default=None,
+        metavar="RUN",
+        help="rebuild rl.json/rl.md from finished runs (e.g. tree-s0 flat) without training",
+    )
     args = ap.parse_args()
 
     import torch
@@ -64,14 +71,19 @@ def main() -> None:
 
     runs: dict[str, dict] = {}
 
-    def one(name: str, cfg) -> dict:
+    def one(name: str, cfg, train: bool = True) -> dict:
         out = Path("runs") / f"bench-rl-{name}"
-        for f in ("rl_metrics.jsonl",):
-            if (out / f).exists():
-                (out / f).unlink()
-        t0 = time.perf_counter()
-        summary = run_rl(replace(cfg, out=str(out)), console)
-        wall = time.perf_counter() - t0
+        if train:
+            for f in ("rl_metrics.jsonl",):
+                if (out / f).exists():
+                    (out / f).unlink()
+            t0 = time.perf_counter()
+            summary = run_rl(replace(cfg, out=str(out)), console)
+            wall = time.perf_counter() - t0
+        else:
+            summary = json.loads((out / "rl_summary.json").read_text())
+            times = [m["time"] for m in read_metrics(out / "rl_metrics.jsonl")]
+            wall = times[-1] - times[0]
         metrics = [m for m in read_metrics(out / "rl_metrics.jsonl") if "train_success_avg" in m]
         res = {
             "iterations": summary["iterations"],
@@ -94,9 +106,12 @@ def main() -> None:
         )
         return res
 
-    for seed in args.seeds:
+    if args.report_only:
+        for name in args.report_only:
+            one(name, base, train=False)
+    for seed in [] if args.report_only else args.seeds:
         one(f"tree-s{seed}", replace(base, seed=seed, max_minutes=args.minutes))
-    if args.flat:
+    if args.flat and not args.report_only:
         iters = runs[f"tree-s{args.seeds[0]}"]["iterations"]
         flat_cfg = replace(
             base,
