@@ -20,9 +20,8 @@ from pathlib import Path
 from z1.config import lookup
 from z1.evaluate import EvalConfig, EvalResult, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
-from z1.rl.reward import RewardConfig
-from z1.rollout.collector import RolloutConfig
-from z1.train.rl import RLConfig, run_rl
+from z1.presets import rl_preset
+from z1.train.rl import run_rl
 from z1.train.sft import SFTConfig, run_sft
 
 
@@ -232,20 +231,21 @@ def run_demo(cfg: DemoConfig) -> Path:
     if not cfg.skip_rl:
         console.rule("4/5 task-wise GRPO (Flow-SDE, tree rollouts, completion-aware rewards)")
         t0 = time.perf_counter()
-        rl_cfg = RLConfig(
+        preset = rl_preset(cfg.preset)  # the GRPO settings live in one place: z1.presets
+        rl_cfg = replace(
+            preset,
             init=str(sft_ckpt),
             out=str(run),
             tasks=",".join(tasks),
             iterations=b.rl_iterations,
             groups_per_task=b.groups_per_task,
+            eval_every=0,
             eval_episodes=0,
             calibration_episodes=min(10, b.eval_episodes),
             workers=cfg.workers,
-            num_slots=16,
             threads=cfg.threads,
             seed=cfg.seed,
-            rollout=RolloutConfig(h_exec=b.h_exec, max_steps=b.max_steps, num_steps=b.num_steps),
-            reward=RewardConfig(),
+            rollout=replace(preset.rollout, h_exec=b.h_exec, max_steps=b.max_steps, num_steps=b.num_steps),
         )
         summary = run_rl(rl_cfg, console)
         rl_env_steps = summary["env_steps"]
