@@ -56,7 +56,13 @@ def main() -> None:
     torch.set_num_threads(1)
     console = Console()
     sft_run = Path(args.sft_run)
-    sft_eval = json.loads((Path(RESULTS) / "sft_mw-quick.json").read_text())["eval"]
+    # The SFT baseline: re-evaluated with the (seeded) evaluator on the same seeds as the GRPO evals when
+    # available (`z1 eval ... --out <sft-run>/eval_sft_det.json`), else bench/sft.py's evaluation.
+    paired = sft_run / "eval_sft_det.json"
+    if paired.exists():
+        sft_eval = json.loads(paired.read_text())
+    else:
+        sft_eval = json.loads((Path(RESULTS) / "sft_mw-quick.json").read_text())["eval"]
     base = rl_preset("mw-quick")
     base = replace(
         base,
