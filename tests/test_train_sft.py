@@ -92,3 +92,31 @@ def test_dataset_camera_mismatch_is_named(tmp_path):
     with pytest.raises(DatasetError, match="wrist"):
         run_sft(SFTConfig(dataset=str(ds), out=str(tmp_path / "r"), steps=1, threads=1))
     assert not (tmp_path / "r" / "sft_ckpt").exists()
+
+
+def test_resume_with_another_preset_is_refused(dataset, tmp_path):
+    from z1.config import ConfigError
+
+    out = tmp_path / "r"
+    run_sft(SFTConfig(dataset=str(dataset), out=str(out), steps=2, batch_size=4, threads=1))
+    with pytest.raises(ConfigError, match="preset.*'tiny'.*'small'"):
+        run_sft(
+            SFTConfig(dataset=str(dataset), out=str(out), steps=4, preset="small", resume=True, threads=1)
+        )
+
+
+@pytest.mark.sim
+def test_periodic_eval_is_logged(dataset, tmp_path):
+    cfg = SFTConfig(
+        dataset=str(dataset),
+        out=str(tmp_path / "e"),
+        steps=2,
+        batch_size=4,
+        threads=1,
+        eval_every=2,
+        eval_tasks="reach-v3",
+        eval_episodes=1,
+    )
+    run_sft(cfg)
+    rows = [m for m in read_metrics(tmp_path / "e" / "sft_metrics.jsonl") if "eval_success_avg" in m]
+    assert len(rows) == 1 and 0.0 <= rows[0]["eval_success/reach-v3"] <= 1.0

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from z1.config import policy_preset
+from z1.config import ConfigError, policy_preset
 from z1.data.chunks import ChunkDataset
 from z1.data.lerobot import check_compatible, open_dataset
 from z1.data.normalize import normalization_from_dataset
@@ -33,48 +33,56 @@ from z1.train.setup import progress_bar
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """Flow-matching SFT.
-
-    dataset: LeRobotDataset directory (v3.0 or v2.1), e.g. the output of `z1 collect`.
-    out: run directory (checkpoint in `out/ckpt`, metrics in `out/sft_metrics.jsonl`).
-    preset: policy size preset (tiny | small | pi05) when starting from scratch.
-    init: start from this checkpoint instead of a fresh model (keeps its normalization unless the
-        dataset's differs).
-    steps / batch_size: optimizer steps and samples per step.
-    lr / final_lr / warmup: peak learning rate, final learning rate of the cosine decay, warmup steps.
-    weight_decay / grad_clip: AdamW weight decay and global grad-norm clip.
-    ema: EMA decay of the weights (0 disables); the EMA weights are what the checkpoint stores.
-    augment: random-shift image augmentation (pad 4 px, random crop).
-    bf16: bf16 autocast for the forward pass (CPU AMX/AVX512-BF16 or GPU).
-    norm: normalization of state and actions ("quantile" is pi0.5's default).
-    ckpt_every / log_every: checkpoint and logging periods in steps.
-    threads: torch threads.
-    seed: seed of model init, batch order, noise and augmentation.
-    resume: continue from `out/sft_ckpt` if it exists.
-    stop_after: stop (with a checkpoint) after this many steps; the schedule still spans `steps`.
-    """
+    """Flow-matching SFT of a pi0.5-style policy on a LeRobot dataset."""
 
     dataset: str
+    """LeRobotDataset directory (v3.0 or v2.1), e.g. the output of `z1 collect`."""
     out: str = "runs/sft"
+    """Run directory: checkpoint in `out/sft_ckpt`, metrics in `out/sft_metrics.jsonl`."""
     preset: str = "tiny"
+    """Policy size preset (tiny | small | pi05) when starting from scratch."""
     init: str | None = None
+    """Start from this checkpoint (z1 or `z1 import`ed) instead of a fresh model."""
     steps: int = 2000
+    """Optimizer steps."""
     batch_size: int = 64
+    """Samples per step."""
     lr: float = 3e-4
+    """Peak learning rate (pi0.5 fine-tuning uses 2.5e-5)."""
     final_lr: float = 3e-5
+    """Learning rate at the end of the cosine decay."""
     warmup: int = 100
+    """Linear warmup steps."""
     weight_decay: float = 1e-4
+    """AdamW weight decay (not applied to norms, biases and position embeddings)."""
     grad_clip: float = 1.0
+    """Global grad-norm clip."""
     ema: float = 0.0
+    """EMA decay of the weights (0 disables); with EMA the checkpoint stores the EMA weights."""
     augment: bool = False
+    """Random-shift image augmentation (pad 4 px, random crop)."""
     bf16: bool = False
+    """bf16 autocast for the forward pass (slower than fp32 on CPUs without native bf16)."""
     norm: Literal["quantile", "meanstd"] = "quantile"
+    """Normalization of state and actions (quantile is pi0.5's default)."""
     ckpt_every: int = 500
+    """Checkpoint period in steps (atomic; the last step always writes one)."""
     log_every: int = 20
+    """Logging period in steps."""
     threads: int = 2
+    """Torch threads."""
     seed: int = 0
+    """Seed of model init, batch order, flow noise/time and augmentation."""
     resume: bool = False
+    """Continue from `out/sft_ckpt` if it exists (bit-exact on CPU)."""
     stop_after: int | None = None
+    """Stop (with a checkpoint) after this many steps; the schedule still spans `steps`."""
+    eval_every: int = 0
+    """Evaluate the current weights every N steps (0 disables; needs --eval-tasks)."""
+    eval_tasks: str | None = None
+    """Task set or comma-separated names for the periodic evaluation."""
+    eval_episodes: int = 10
+    """Episodes per task of the periodic evaluation."""
 
 
 def camera_images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -126,6 +134,28 @@ class SFTData:
         return inputs, torch.as_tensor(b["actions"]), torch.as_tensor(b["action_mask"])
 
 
+def _periodic_eval(model: Pi05Policy, norm, cfg: SFTConfig, console) -> dict[str, float]:
+    from z1.evaluate import EvalConfig, evaluate
+    from z1.models.checkpoint import LoadedCheckpoint
+    from z1.train.setup import build_runner, make_vector_env, resolve_tasks, suite_for
+
+    assert cfg.eval_tasks is not None
+    model.eval()
+    tasks = resolve_tasks(cfg.eval_tasks)
+    venv = make_vector_env(
+        suite_for(cfg.eval_tasks), max(2, 2 * len(tasks)), 2, model.config.vision.image_size
+    )
+    try:
+        loaded = LoadedCheckpoint(model, model.config, norm, {})
+        runner = build_runner(model, loaded, venv.spec, h_exec=max(1, model.config.action_horizon // 2))
+        res = evaluate(runner, venv, tasks, EvalConfig(episodes_per_task=cfg.eval_episodes, num_steps=5))
+    finally:
+        venv.close()
+    out = {f"eval_success/{t}": r.rate for t, r in res.tasks.items()}
+    out["eval_success_avg"] = res.average
+    return out
+
+
 def run_sft(cfg: SFTConfig, console=None) -> dict:
     out = Path(cfg.out)
     ckpt_dir = out / "sft_ckpt"
@@ -134,6 +164,12 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     if resume:
         loaded = load_checkpoint(ckpt_dir)
         model, norm = loaded.model, loaded.norm
+        expected = load_checkpoint(Path(cfg.init)).config.name if cfg.init else cfg.preset
+        if model.config.name != expected:
+            raise ConfigError(
+                f"{ckpt_dir / 'config.json'}: field 'preset' is {model.config.name!r} but this run asks for "
+                f"{expected!r}; resume with the same --preset/--init, or choose another --out"
+            )
     elif cfg.init:
         loaded = load_checkpoint(Path(cfg.init))
         model, norm = loaded.model, loaded.norm or normalization_from_dataset(ds, cfg.norm)
@@ -229,6 +265,9 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
             stopping = cfg.stop_after is not None and step + 1 >= cfg.stop_after
             if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps or stopping:
                 save(step + 1)
+            if cfg.eval_every and cfg.eval_tasks and (step + 1) % cfg.eval_every == 0:
+                logger.log(step + 1, _periodic_eval(model, norm, cfg, console))
+                model.train()
             progress.update(task, advance=1)
             if stopping:
                 break
