@@ -25,7 +25,7 @@ RL_PRESETS: dict[str, RLConfig] = {
         tasks="mw-quick",
         iterations=40,
         groups_per_task=3,
-        lr=2e-4,
+        lr=1e-4,
         eval_every=10,
         eval_episodes=20,
         # Branch half-way through the cap: failures (which run to the cap) save 37.5% of their env steps.
