@@ -2,15 +2,14 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
+from fakes import identity_norm
 from z1.cli import main
 from z1.config import policy_preset
 from z1.models.checkpoint import save_checkpoint
 from z1.models.pi05 import Pi05Policy
-from z1.types import FeatureStats, Normalization
 
 
 @pytest.mark.parametrize("cmd", [[], ["sft"], ["rl"], ["eval"], ["demo"], ["collect"], ["envs"]])
@@ -41,10 +40,7 @@ def test_unknown_task_set_gets_did_you_mean(tmp_path):
 @pytest.mark.sim
 def test_eval_writes_table_and_json(tmp_path, capsys):
     torch.manual_seed(0)
-    st = FeatureStats(
-        np.zeros(4, np.float32), np.ones(4, np.float32), -np.ones(4, np.float32), np.ones(4, np.float32)
-    )
-    ckpt = save_checkpoint(tmp_path / "ckpt", Pi05Policy(policy_preset("tiny")), Normalization(st, st))
+    ckpt = save_checkpoint(tmp_path / "ckpt", Pi05Policy(policy_preset("tiny")), identity_norm())
     out = tmp_path / "eval.json"
     main(
         [

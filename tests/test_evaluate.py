@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from fakes import identity_norm
 from z1.config import policy_preset
 from z1.evaluate import EvalConfig, evaluate, markdown_table, wilson_interval
 from z1.models.pi05 import Pi05Policy
 from z1.models.tokenizer import make_tokenizer
 from z1.models.transforms import ObservationEncoder
 from z1.rollout.runner import PolicyRunner
-from z1.types import FeatureStats, Normalization
 
 
 def test_wilson_interval_reference_values():
@@ -27,10 +27,7 @@ def test_results_do_not_depend_on_slots_or_workers():
 
     torch.manual_seed(0)
     model = Pi05Policy(policy_preset("tiny")).eval()
-    st = FeatureStats(
-        np.zeros(4, np.float32), np.ones(4, np.float32), -np.ones(4, np.float32), np.ones(4, np.float32)
-    )
-    norm = Normalization(st, st)
+    norm = identity_norm()
     cfg = EvalConfig(episodes_per_task=3, num_steps=2, max_steps=12, videos_per_task=3)
     tasks = ["reach-v3", "push-v3"]
     out = []

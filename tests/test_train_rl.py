@@ -3,17 +3,16 @@
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from fakes import identity_norm
 from z1.config import policy_preset
 from z1.models.checkpoint import load_checkpoint, save_checkpoint
 from z1.models.pi05 import Pi05Policy
 from z1.rollout.collector import RolloutConfig
 from z1.train.metrics import read_metrics
 from z1.train.rl import RLConfig, group_plan, run_rl
-from z1.types import FeatureStats, Normalization
 
 pytestmark = pytest.mark.sim
 TASK = "button-press-topdown-v3"
@@ -23,11 +22,8 @@ TASK = "button-press-topdown-v3"
 def init_ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = Pi05Policy(policy_preset("tiny"))
-    st = FeatureStats(
-        np.zeros(4, np.float32), np.ones(4, np.float32), -np.ones(4, np.float32), np.ones(4, np.float32)
-    )
     path = tmp_path_factory.mktemp("init") / "ckpt"
-    save_checkpoint(path, model, Normalization(st, st, "quantile"), extra={"stage": "sft"})
+    save_checkpoint(path, model, identity_norm(), extra={"stage": "sft"})
     return path
 
 
