@@ -105,3 +105,43 @@ def test_top_vlm_update_trains_the_last_vlm_layer_only():
             k.startswith(f"layers.{i}.vlm.") for i in range(depth - 1)
         ):
             assert torch.equal(before[k], after[k]), k
+
+
+def test_step_std_matches_the_sampler():
+    from z1.models.sampling import sde_step_stats, time_grid
+    from z1.train.rl import step_std
+
+    _, runner, _, cfg, _, _, _ = _setup("expert")
+    sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
+    grid = time_grid(cfg.num_steps)
+    ids = torch.arange(cfg.num_steps)[None, :]
+    x = torch.zeros(1, 8, 8)
+    for k in range(cfg.num_steps):
+        _, std = sde_step_stats(x, x, grid[k], grid[k + 1], grid[1], cfg.noise_level)
+        assert torch.allclose(step_std(ids, sampler)[0, k], std.reshape(-1)[0])
+
+
+def test_kl_to_reference_enters_the_update():
+    import copy
+
+    model, runner, groups, cfg, batch, scored, sel = _setup("expert")
+    ref = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(groups.optimizer_groups())
+    sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
+    out = grpo_update(
+        model,
+        opt,
+        groups,
+        batch,
+        scored.advantages,
+        scored.weights,
+        scored.trainable,
+        sampler,
+        GRPOConfig(minibatches=2, kl_target=None, kl_beta=0.1),
+        1.0,
+        frozen_prefix(model, sel),
+        torch.Generator().manual_seed(1),
+        ref_model=ref,
+    )
+    assert out["update/steps"] == 2 and "loss/ref_kl" in out
+    assert out["loss/ref_kl"] >= 0.0

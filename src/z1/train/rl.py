@@ -12,6 +12,7 @@ per-task reward statistics, and iteration i's env seeds are a function of i.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,8 +24,15 @@ import torch
 from z1.evaluate import EvalConfig, EvalResult, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
 from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
-from z1.models.sampling import recompute_logprob
-from z1.rl.grpo import GRPOConfig, grpo_loss, kl_early_stop, minibatch_indices, total_term_weight
+from z1.models.sampling import exec_mask, recompute_logprob, time_grid
+from z1.rl.grpo import (
+    GRPOConfig,
+    gaussian_kl,
+    grpo_loss,
+    kl_early_stop,
+    minibatch_indices,
+    total_term_weight,
+)
 from z1.rl.params import SelectiveConfig, apply_selective, frozen_prefix, grad_norms_by_group
 from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
@@ -101,6 +109,14 @@ def c_med_by_task(stats: TaskTimeStats, tasks: list[str], h_exec: int, max_steps
     return out
 
 
+def step_std(step_ids: torch.Tensor, sampler) -> torch.Tensor:
+    """Transition std s_k of the Flow-SDE at each stored step (algorithms.md A.2): (n, j) -> (n, j)."""
+    grid = time_grid(sampler.num_steps)
+    t, t_next = grid[step_ids], grid[step_ids + 1]
+    t_tilde = torch.where(t >= 1.0, grid[1], t)
+    return sampler.noise_level * torch.sqrt(t / (1.0 - t_tilde)) * torch.sqrt(t - t_next)
+
+
 def grpo_update(
     model,
     optimizer,
@@ -114,8 +130,15 @@ def grpo_update(
     grad_clip: float,
     prefix_frozen: bool,
     generator: torch.Generator,
+    ref_model=None,
 ) -> dict[str, float]:
-    """Epochs x minibatches of optimizer steps on the trainable chunks of one rollout batch."""
+    """Epochs x minibatches of optimizer steps on the trainable chunks of one rollout batch.
+
+    With `cfg.kl_beta > 0`, `ref_model` (the frozen initial policy) adds the exact per-step Gaussian KL
+    between the current and the reference step means (algorithms.md B.4) to the loss.
+    """
+    if cfg.kl_beta > 0 and ref_model is None:
+        raise ValueError("GRPOConfig.kl_beta > 0 needs the reference policy (ref_model)")
     idx_all = torch.as_tensor(np.flatnonzero(trainable), dtype=torch.long)
     out: dict[str, float] = {"update/terms": float(idx_all.numel()), "update/steps": 0.0}
     if idx_all.numel() == 0:
@@ -130,17 +153,26 @@ def grpo_update(
         for mb, local in enumerate(minibatch_indices(int(idx_all.numel()), cfg.minibatches, generator)):
             idx = idx_all[local]
             rows = batch.obs_index[idx]
+            chains, step_ids = batch.chains[idx], batch.step_ids[idx]
             if prefix_frozen and batch.caches is not None:
                 cache = batch.caches.index(rows)
-                new_lp, _ = recompute_logprob(
-                    model, None, batch.chains[idx], batch.step_ids[idx], sampler, cache=cache
-                )
+                new_lp, means = recompute_logprob(model, None, chains, step_ids, sampler, cache=cache)
             else:
-                new_lp, _ = recompute_logprob(
-                    model, batch.inputs.index(rows), batch.chains[idx], batch.step_ids[idx], sampler
-                )
+                cache = None
+                new_lp, means = recompute_logprob(model, batch.inputs.index(rows), chains, step_ids, sampler)
+            ref_kl = None
+            if cfg.kl_beta > 0:
+                with torch.no_grad():  # the frozen prefix is the same for the reference; else rebuild it
+                    ref_in = None if cache is not None else batch.inputs.index(rows)
+                    _, ref_means = recompute_logprob(
+                        ref_model, ref_in, chains, step_ids, sampler, cache=cache
+                    )
+                mask = exec_mask(chains.shape[2], chains.shape[3], sampler.h_exec, sampler.d_exec)
+                ref_kl = gaussian_kl(means, ref_means, step_std(step_ids, sampler), mask)  # (n, j)
             total = total_term_weight(wts[idx], valid_all[idx])
-            loss, st = grpo_loss(new_lp, batch.logprobs[idx], adv[idx], wts[idx], valid_all[idx], cfg, total)
+            loss, st = grpo_loss(
+                new_lp, batch.logprobs[idx], adv[idx], wts[idx], valid_all[idx], cfg, total, ref_kl=ref_kl
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             gn = grad_norms_by_group(groups)
@@ -183,6 +215,9 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
         raise ValueError(
             f"checkpoint {cfg.init} has no normalization stats (norm_stats.json); run `z1 sft` first"
         )
+    ref_model = None
+    if cfg.grpo.kl_beta > 0:  # the policy GRPO starts from anchors the update (B.4)
+        ref_model = copy.deepcopy(load_checkpoint(Path(cfg.init)).model).eval().requires_grad_(False)
     sel = SelectiveConfig(**{**asdict(cfg.selective), "lr_expert": cfg.lr})
     groups = apply_selective(model, sel)
     prefix_is_frozen = frozen_prefix(model, sel)
@@ -259,6 +294,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     cfg.grad_clip,
                     prefix_is_frozen,
                     generator,
+                    ref_model,
                 )
                 t_update = time.perf_counter() - t0
                 model.eval()
