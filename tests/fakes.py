@@ -31,6 +31,23 @@ def identity_norm(d: int = 4) -> Normalization:
     return Normalization(st, st, "quantile")
 
 
+def tiny_runner(seed: int = 0, h_exec: int = 4):
+    """A freshly initialized tiny policy acting in the fake env (identity normalization)."""
+    import torch
+
+    from z1.config import policy_preset
+    from z1.models.pi05 import Pi05Policy
+    from z1.models.tokenizer import make_tokenizer
+    from z1.models.transforms import ObservationEncoder
+    from z1.rollout.runner import PolicyRunner
+
+    torch.manual_seed(seed)
+    model = Pi05Policy(policy_preset("tiny")).eval()
+    norm = identity_norm()
+    enc = ObservationEncoder(model.config, norm, make_tokenizer(model.config))
+    return PolicyRunner(model, enc, norm, SPEC, h_exec=h_exec)
+
+
 class FakeVectorEnv:
     def __init__(self, num_slots: int, goal: float = 1.5) -> None:
         self.num_slots = num_slots

@@ -8,17 +8,12 @@ must move the deterministic ODE policy's first action dim up. A sign or bookkeep
 import numpy as np
 import torch
 
-from fakes import FakeVectorEnv, identity_norm
-from z1.config import policy_preset
-from z1.models.pi05 import Pi05Policy
-from z1.models.tokenizer import make_tokenizer
-from z1.models.transforms import ObservationEncoder
+from fakes import FakeVectorEnv, tiny_runner
 from z1.rl.grpo import GRPOConfig
 from z1.rl.params import SelectiveConfig, apply_selective
 from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
 from z1.rollout.collector import RolloutConfig, collect_groups
-from z1.rollout.runner import PolicyRunner
 from z1.train.rl import grpo_update
 
 
@@ -30,16 +25,8 @@ def _ode_first_dim(runner) -> float:
 
 
 def test_tree_grpo_improves_a_clean_task():
-    torch.manual_seed(0)
-    model = Pi05Policy(policy_preset("tiny")).eval()
-    norm = identity_norm()
-    runner = PolicyRunner(
-        model,
-        ObservationEncoder(model.config, norm, make_tokenizer(model.config)),
-        norm,
-        FakeVectorEnv(1).spec,
-        h_exec=4,
-    )
+    runner = tiny_runner()
+    model = runner.model
     groups = apply_selective(model, SelectiveConfig(mode="expert", lr_expert=1e-3))
     opt = torch.optim.AdamW(groups.optimizer_groups())
     cfg = RolloutConfig(

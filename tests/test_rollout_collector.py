@@ -4,26 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import FakeVectorEnv, identity_norm
-from z1.config import policy_preset
-from z1.models.pi05 import Pi05Policy
+from fakes import FakeVectorEnv, tiny_runner
 from z1.models.sampling import recompute_logprob
-from z1.models.tokenizer import make_tokenizer
-from z1.models.transforms import ObservationEncoder
 from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
 from z1.rollout.collector import RolloutConfig, collect_groups
-from z1.rollout.runner import PolicyRunner, dedupe
+from z1.rollout.runner import dedupe
 from z1.rollout.tree import node_values
 
 
 @pytest.fixture(scope="module")
 def runner():
-    torch.manual_seed(0)
-    model = Pi05Policy(policy_preset("tiny")).eval()
-    norm = identity_norm()
-    enc = ObservationEncoder(model.config, norm, make_tokenizer(model.config))
-    return PolicyRunner(model, enc, norm, FakeVectorEnv(1).spec, h_exec=4)
+    return tiny_runner()
 
 
 def _collect(runner, mode, share_prefix=True, groups=(("a", 1), ("b", 2)), slots=16, branch_at=2, seed=0):

@@ -178,7 +178,7 @@ def _cmd_eval(c: EvalCmd) -> None:
         suite_for(c.tasks, c.suite), c.num_slots, c.workers, loaded.model.config.vision.image_size
     )
     try:
-        runner = build_runner(loaded.model, loaded, venv.spec, c.h_exec)
+        runner = build_runner(loaded.model, loaded.norm, venv.spec, c.h_exec)
         cfg = EvalConfig(
             episodes_per_task=c.episodes,
             num_steps=c.num_steps,
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         "demo": DemoConfig,
         "report": ReportCmd,
         "import": ImportCmd,
-        "envs": EnvsListCmd,  # placeholder entry so `z1 --help` lists it; parsed above
+        "envs": EnvsListCmd,  # `z1 envs list|check|show` is dispatched above; this entry is its --help line
     }
     cmd = tyro.extras.subcommand_cli_from_dict(
         subcommands, prog="z1", args=argv, description="z1: efficient RL post-training of flow VLA policies"

@@ -9,7 +9,6 @@ Any stage can be skipped by pointing at an existing dataset (`--dataset`) or SFT
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import time
@@ -124,7 +123,7 @@ def _eval_stage(ckpt: Path, tasks: list[str], b: DemoBudget, cfg: DemoConfig, ru
         loaded.model.config.vision.image_size,
     )
     try:
-        runner = build_runner(loaded.model, loaded, venv.spec, b.h_exec)
+        runner = build_runner(loaded.model, loaded.norm, venv.spec, b.h_exec)
         ecfg = EvalConfig(
             episodes_per_task=b.eval_episodes, num_steps=b.num_steps, max_steps=b.max_steps, videos_per_task=1
         )
@@ -269,5 +268,4 @@ def run_demo(cfg: DemoConfig) -> Path:
     )
     console.print(f"report: {html}\n        {md}")
     (run / "summary.md").write_text(summary_table(sft_eval, rl_eval) + "\n")
-    json.dumps(timings)
     return run

@@ -156,6 +156,12 @@ def _frame(ob) -> np.ndarray:
     return np.concatenate([ob.images[c] for c in sorted(ob.images)], axis=1)
 
 
+def eval_metrics(result: EvalResult, prefix: str = "eval_success") -> dict[str, float]:
+    m = {f"{prefix}/{t}": r.rate for t, r in result.tasks.items()}
+    m[f"{prefix}_avg"] = result.average
+    return m
+
+
 def markdown_table(result: EvalResult, title: str = "Evaluation") -> str:
     lines = [
         f"### {title}",

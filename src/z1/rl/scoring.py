@@ -58,8 +58,10 @@ def score_batch(
 ) -> ScoredBatch:
     returns: list[np.ndarray] = []
     successes: list[np.ndarray] = []
+    times_by_group: list[np.ndarray] = []
     for g in batch.groups:
         leaves, succ, times = g.leaf_outcomes()
+        times_by_group.append(times)
         r = calibrate(succ, times, g.task, task_stats, reward_cfg)
         for leaf, value in zip(leaves, r):
             g.tree.set_leaf_return(leaf, float(value))
@@ -103,8 +105,7 @@ def score_batch(
 
     # Fold this batch into the task statistics only after it was scored (D.1 uses p_hat from before).
     by_task: dict[str, tuple[list, list]] = {}
-    for g, s in zip(batch.groups, successes):
-        _, _, times = g.leaf_outcomes()
+    for g, s, times in zip(batch.groups, successes, times_by_group):
         by_task.setdefault(g.task, ([], []))
         by_task[g.task][0].append(s)
         by_task[g.task][1].append(times)

@@ -13,7 +13,6 @@ per-task reward statistics, and iteration i's env seeds are a function of i.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from z1.evaluate import EvalConfig, EvalResult, evaluate, markdown_table
+from z1.evaluate import EvalConfig, eval_metrics, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
 from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
 from z1.models.sampling import exec_mask, recompute_logprob, time_grid
@@ -183,7 +182,7 @@ def grpo_update(
                 out["first_mb/log_ratio_abs_mean"] = float(
                     (new_lp.detach() - batch.logprobs[idx]).abs().mean()
                 )
-            for k, v in {**st, **gn, "loss/policy": float(loss.detach())}.items():
+            for k, v in {**st, **gn}.items():
                 agg.setdefault(k, []).append(float(v))
             if kl_early_stop(st.get("approx_kl/k3", 0.0), cfg):
                 stop = True
@@ -195,12 +194,6 @@ def grpo_update(
     out["update/epochs_run"] = float(epochs_run)
     out["update/early_stop"] = float(stop)
     return out
-
-
-def eval_metrics(result: EvalResult, prefix: str = "eval_success") -> dict[str, float]:
-    m = {f"{prefix}/{t}": r.rate for t, r in result.tasks.items()}
-    m[f"{prefix}_avg"] = result.average
-    return m
 
 
 def run_rl(cfg: RLConfig, console=None) -> dict:
@@ -243,7 +236,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
         logger.truncate_after(start_iter)
     venv = make_vector_env(suite_for(cfg.tasks, cfg.suite), cfg.num_slots, cfg.workers, cfg.image_size)
     try:
-        runner = build_runner(model, loaded, venv.spec, cfg.rollout.h_exec, cfg.rollout.share_prefix)
+        runner = build_runner(model, loaded.norm, venv.spec, cfg.rollout.h_exec, cfg.rollout.share_prefix)
         sampler = runner.sampler(
             "sde", cfg.rollout.num_steps, cfg.rollout.noise_level, cfg.rollout.stochastic, cfg.rollout.window
         )
@@ -357,7 +350,3 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     finally:
         venv.close()
         logger.close()
-
-
-def config_to_json(cfg: RLConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg), default=str))

@@ -51,12 +51,12 @@ def make_vector_env(suite: str, num_slots: int, workers: int, image_size: int):
     return VectorEnv(suite, num_slots, num_workers=workers, env_kwargs=kw)
 
 
-def build_runner(model, loaded, spec: EnvSpec, h_exec: int, share_prefix: bool = True) -> PolicyRunner:
-    tokenizer = make_tokenizer(
-        model.config, loaded.tokenizer_path if hasattr(loaded, "tokenizer_path") else None
-    )
-    encoder = ObservationEncoder(model.config, loaded.norm, tokenizer, camera_map=None)
-    return PolicyRunner(model, encoder, loaded.norm, spec, h_exec, share_prefix=share_prefix)
+def build_runner(
+    model, norm, spec: EnvSpec, h_exec: int, share_prefix: bool = True, tokenizer_path: str | None = None
+) -> PolicyRunner:
+    """The acting policy for `spec`; `tokenizer_path` is the SentencePiece file real checkpoints need."""
+    encoder = ObservationEncoder(model.config, norm, make_tokenizer(model.config, tokenizer_path))
+    return PolicyRunner(model, encoder, norm, spec, h_exec, share_prefix=share_prefix)
 
 
 @contextmanager

@@ -135,8 +135,7 @@ class SFTData:
 
 
 def _periodic_eval(model: Pi05Policy, norm, cfg: SFTConfig, console) -> dict[str, float]:
-    from z1.evaluate import EvalConfig, evaluate
-    from z1.models.checkpoint import LoadedCheckpoint
+    from z1.evaluate import EvalConfig, eval_metrics, evaluate
     from z1.train.setup import build_runner, make_vector_env, resolve_tasks, suite_for
 
     assert cfg.eval_tasks is not None
@@ -146,14 +145,11 @@ def _periodic_eval(model: Pi05Policy, norm, cfg: SFTConfig, console) -> dict[str
         suite_for(cfg.eval_tasks), max(2, 2 * len(tasks)), 2, model.config.vision.image_size
     )
     try:
-        loaded = LoadedCheckpoint(model, model.config, norm, {})
-        runner = build_runner(model, loaded, venv.spec, h_exec=max(1, model.config.action_horizon // 2))
+        runner = build_runner(model, norm, venv.spec, h_exec=max(1, model.config.action_horizon // 2))
         res = evaluate(runner, venv, tasks, EvalConfig(episodes_per_task=cfg.eval_episodes, num_steps=5))
     finally:
         venv.close()
-    out = {f"eval_success/{t}": r.rate for t, r in res.tasks.items()}
-    out["eval_success_avg"] = res.average
-    return out
+    return eval_metrics(res)
 
 
 def run_sft(cfg: SFTConfig, console=None) -> dict:
