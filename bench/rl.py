@@ -35,6 +35,12 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     ap.add_argument("--reward", default="D4", choices=["D0", "D1", "D4"])
+    ap.add_argument("--groups-per-task", type=int, default=None, help="override the preset's groups per task")
+    ap.add_argument("--noise-level", type=float, default=None, help="override the Flow-SDE noise level a")
+    ap.add_argument(
+        "--stochastic", default=None, choices=["single", "window", "all"], help="override the SDE step set"
+    )
+    ap.add_argument("--tag", default="", help="suffix of the run names (runs/bench-rl-tree-s0<tag>)")
     ap.add_argument(
         "--report-only",
         nargs="+",
@@ -74,8 +80,18 @@ def main() -> None:
     )
     if args.lr is not None:
         base = replace(base, lr=args.lr)
+    if args.groups_per_task is not None:
+        base = replace(base, groups_per_task=args.groups_per_task)
+    if args.noise_level is not None:
+        base = replace(base, rollout=replace(base.rollout, noise_level=args.noise_level))
+    if args.stochastic is not None:
+        base = replace(base, rollout=replace(base.rollout, stochastic=args.stochastic))
 
+    # Runs accumulate across invocations (a sweep is several commands); each row names its settings.
     runs: dict[str, dict] = {}
+    if (RESULTS / "rl.json").exists():
+        earlier = json.loads((RESULTS / "rl.json").read_text())["runs"]
+        runs = {k: v for k, v in earlier.items() if "settings" in v}
 
     def one(name: str, cfg, train: bool = True) -> dict:
         out = Path("runs") / f"bench-rl-{name}"
@@ -92,6 +108,16 @@ def main() -> None:
             wall = times[-1] - times[0]
         metrics = [m for m in read_metrics(out / "rl_metrics.jsonl") if "train_success_avg" in m]
         res = {
+            "settings": {
+                "mode": cfg.rollout.mode,
+                "seed": cfg.seed,
+                "lr": cfg.lr,
+                "groups_per_task": cfg.groups_per_task,
+                "noise_level": cfg.rollout.noise_level,
+                "stochastic": cfg.rollout.stochastic,
+                "reward": cfg.reward.kind,
+                "kl_beta": cfg.grpo.kl_beta,
+            },
             "iterations": summary["iterations"],
             "wall_min": wall / 60,
             "env_steps": summary["env_steps"],
@@ -116,9 +142,9 @@ def main() -> None:
         for name in args.report_only:
             one(name, base, train=False)
     for seed in [] if args.report_only else args.seeds:
-        one(f"tree-s{seed}", replace(base, seed=seed, max_minutes=args.minutes))
+        one(f"tree-s{seed}{args.tag}", replace(base, seed=seed, max_minutes=args.minutes))
     if args.flat and not args.report_only:
-        iters = runs[f"tree-s{args.seeds[0]}"]["iterations"]
+        iters = runs[f"tree-s{args.seeds[0]}{args.tag}"]["iterations"]
         flat_cfg = replace(
             base,
             seed=args.seeds[0],
@@ -126,7 +152,7 @@ def main() -> None:
             max_minutes=None,
             rollout=replace(base.rollout, mode="flat"),
         )
-        one("flat", flat_cfg)
+        one(f"flat{args.tag}", flat_cfg)
 
     sft_avg = sft_eval["average"]
     out = {
@@ -145,13 +171,14 @@ def main() -> None:
         "",
         f"SFT average success: {100 * sft_avg:.1f}% ({args.eval_episodes} episodes/task, ODE).",
         "",
-        "| run | iterations | wall | env steps | flat-equivalent | eval success | delta vs SFT "
+        "| run | settings | iterations | wall | env steps | flat-equivalent | eval success | delta vs SFT "
         "| signal groups (D4 / D0) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in runs.items():
         lines.append(
-            f"| {k} | {v['iterations']} | {v['wall_min']:.1f} min | {int(v['env_steps'])} "
+            f"| {k} | {_settings(v['settings'])} | {v['iterations']} | {v['wall_min']:.1f} min "
+            f"| {int(v['env_steps'])} "
             f"| {int(v['env_steps_flat_equiv'])} | {100 * v['eval_average']:.1f}% "
             f"| {out['delta_points'][k]:+.1f} | {v['signal_frac']:.2f} / {v['signal_frac_D0']:.2f} |"
         )
@@ -165,6 +192,13 @@ def main() -> None:
         )
     write_text_atomic(RESULTS / "rl.md", "\n".join(lines) + "\n")
     console.print("\n".join(lines))
+
+
+def _settings(s: dict) -> str:
+    return (
+        f"{s['mode']} lr {s['lr']:g}, {s['groups_per_task']} groups/task, a {s['noise_level']:g} "
+        f"{s['stochastic']}, {s['reward']}" + (f", kl {s['kl_beta']:g}" if s["kl_beta"] else "")
+    )
 
 
 if __name__ == "__main__":

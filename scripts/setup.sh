@@ -27,7 +27,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -U pip
   # The CPU wheel of torch lies on local disk; install it first so nothing pulls a CUDA build.
   .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[sim,dev,report]"
+  .venv/bin/pip install -q -e ".[sim,dev,report,ray]"
   touch "$stamp"
 fi
 echo "[setup] .venv ready"
