@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Literal
 
 import tyro
 
@@ -22,6 +23,18 @@ def _process_setup(threads: int | None = None) -> None:
 
     if threads is not None:
         torch.set_num_threads(max(1, threads))
+
+
+def _require_ray_for(mode: str | None) -> None:
+    """--ray without Ray installed: stop before any work, with the install command."""
+    if mode is None:
+        return
+    from z1.distributed.cluster import RayUnavailableError, require_ray
+
+    try:
+        require_ray()
+    except RayUnavailableError as e:
+        raise SystemExit(f"--ray {mode}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,9 @@ class EvalCmd:
     num_slots: int = 8
     """Env slots (episodes in flight)."""
     workers: int = 2
-    """Env worker processes (0 = in-process)."""
+    """Env worker processes (0 = in-process), or Ray actors with --ray (0 = one per cluster CPU)."""
+    ray: Literal["local", "auto"] | None = None
+    """Env slots on Ray actors: local starts a cluster here, auto joins `ray start`'s (README)."""
     videos: int = 0
     """Save this many episodes per task as mp4 next to the JSON."""
     threads: int = 1
@@ -147,6 +162,7 @@ def _cmd_sft(c) -> None:
 
     from z1.train.sft import run_sft
 
+    _require_ray_for(c.ray)
     _process_setup(c.threads)
     print(run_sft(c, Console()))
 
@@ -156,6 +172,7 @@ def _cmd_rl(c) -> None:
 
     from z1.train.rl import run_rl
 
+    _require_ray_for(c.ray)
     _process_setup(c.threads)
     run_rl(c, Console())
 
@@ -170,12 +187,13 @@ def _cmd_eval(c: EvalCmd) -> None:
     from z1.models.checkpoint import load_checkpoint
     from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks, suite_for
 
+    _require_ray_for(c.ray)
     _process_setup(c.threads)
     console = Console()
     loaded = load_checkpoint(Path(c.checkpoint))
     tasks = resolve_tasks(c.tasks)
     venv = make_vector_env(
-        suite_for(c.tasks, c.suite), c.num_slots, c.workers, loaded.model.config.vision.image_size
+        suite_for(c.tasks, c.suite), c.num_slots, c.workers, loaded.model.config.vision.image_size, c.ray
     )
     try:
         runner = build_runner(loaded.model, loaded.norm, venv.spec, c.h_exec)

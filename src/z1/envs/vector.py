@@ -8,7 +8,8 @@ Workers are started with the 'spawn' context (never fork a process that may hold
 set OMP/MKL threads to 1 and `MUJOCO_GL` before importing anything heavy, and exit when the parent's
 pipe closes (so a killed parent leaves no orphans). A worker that dies raises `EnvWorkerError` naming
 its slots with their task and seed; the worker is restarted and those slots must be reset again.
-`InProcessVectorEnv` has the same interface and runs the slots one after another in this process.
+`InProcessVectorEnv` has the same interface and runs the slots one after another in this process;
+`z1.distributed.RayVectorEnv` hosts the slots on Ray actors behind the same `_Hosted` logic.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class _Base:
         if num_slots <= 0:
             raise ValueError(f"num_slots must be positive, got {num_slots}")
         self.num_slots = num_slots
+        self.restarts = 0  # hosts (worker processes / actors) found dead and restarted so far
         self._task: list[str | None] = [None] * num_slots
         self._seed: list[int | None] = [None] * num_slots
 
@@ -242,93 +244,16 @@ class InProcessVectorEnv(_Base):
         self._slots.close()
 
 
-# ---------------------------------------------------------------- worker processes
+class _Hosted(_Base):
+    """Slots spread over `num_workers` hosts (worker processes or Ray actors); slot s on host
+    s % num_workers. Every batched operation makes one `_call` with each involved host's share: a host
+    implementation sends all of them first and then gathers, so the hosts run in parallel."""
 
+    num_workers: int
 
-def _worker_main(conn: Any, suite: str, slots: list[int], env_kwargs: dict[str, Any], gl: str | None) -> None:
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if gl:
-        os.environ["MUJOCO_GL"] = gl
-        os.environ["PYOPENGL_PLATFORM"] = gl
-    import sys
-
-    if "torch" in sys.modules:  # only if something imported it; never import torch just for this
-        sys.modules["torch"].set_num_threads(1)
-    try:
-        host = _Slots(suite, slots, env_kwargs)
-        conn.send(("ok", host.spec()))
-    except BaseException as e:  # report start-up failures to the parent
-        conn.send(("err", e, traceback.format_exc()))
-        return
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):  # the parent is gone: exit, no orphans
-            break
-        cmd, args = msg
-        if cmd == "close":
-            host.close()
-            conn.send(("ok", None))
-            break
-        if cmd == "_crash":  # for tests: die like a segfaulting simulator
-            os._exit(3)
-        try:
-            conn.send(("ok", getattr(host, cmd)(*args)))
-        except BaseException as e:
-            try:
-                conn.send(("err", e, traceback.format_exc()))
-            except Exception:  # unpicklable exception
-                conn.send(("err", RuntimeError(repr(e)), traceback.format_exc()))
-
-
-def _shutdown(procs: list[Any], conns: list[Any]) -> None:
-    for conn in conns:
-        with contextlib.suppress(Exception):  # already dead
-            conn.send(("close", ()))
-    for p, conn in zip(procs, conns):
-        try:
-            if conn.poll(10):
-                conn.recv()
-        except Exception:  # a dead worker closes its end
-            pass
-        p.join(timeout=5)
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=5)
-        conn.close()
-
-
-class VectorEnv(_Base):
-    """`num_slots` env slots spread over `num_workers` processes (default: min(slots, cpu count))."""
-
-    def __init__(
-        self,
-        suite: str,
-        num_slots: int,
-        num_workers: int | None = None,
-        env_kwargs: dict | None = None,
-    ) -> None:
-        self._init_slots(num_slots)
-        if num_workers is None:
-            num_workers = min(num_slots, os.cpu_count() or 1)
-        if num_workers <= 0:
-            raise ValueError("num_workers must be >= 1 (use InProcessVectorEnv for in-process slots)")
-        self.num_workers = min(num_workers, num_slots)
-        self._suite = suite
-        self._env_kwargs = dict(env_kwargs or {})
-        self._ctx = mp.get_context("spawn")
-        self._gl = os.environ.get("MUJOCO_GL")
-        if self._gl is None and self._env_kwargs.get("render", True):
-            from z1.envs.render import select_gl_backend
-
-            self._gl = select_gl_backend()
-        self._procs: list[Any] = [None] * self.num_workers
-        self._conns: list[Any] = [None] * self.num_workers
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
-        specs = [self._start(w) for w in range(self.num_workers)]
-        self.spec = specs[0]
+    def _call(self, per_worker: dict[int, tuple[str, tuple]], what: str) -> dict[int, Any]:
+        """Run `getattr(_Slots, cmd)(*args)` on every host of `per_worker`; raise the first failure."""
+        raise NotImplementedError
 
     def worker_of(self, slot: int) -> int:
         return slot % self.num_workers
@@ -336,89 +261,13 @@ class VectorEnv(_Base):
     def _worker_slots(self, w: int) -> list[int]:
         return list(range(w, self.num_slots, self.num_workers))
 
-    def _start(self, w: int) -> EnvSpec:
-        parent, child = self._ctx.Pipe()
-        p = self._ctx.Process(
-            target=_worker_main,
-            args=(child, self._suite, self._worker_slots(w), self._env_kwargs, self._gl),
-            daemon=True,
-            name=f"z1-env-worker-{w}",
-        )
-        p.start()
-        child.close()
-        self._procs[w], self._conns[w] = p, parent
-        status, *rest = self._recv(w, what="start")
-        if status == "err":
-            raise EnvError(f"env worker {w} failed to start: {rest[0]!r}\n{rest[1]}")
-        return rest[0]
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
-
-    def _crashed(self, w: int, what: str) -> EnvWorkerError:
-        p = self._procs[w]
-        p.join(timeout=5)
-        code = p.exitcode
+    def _forget_worker(self, w: int) -> str:
+        """Mark host w's slots as needing a reset; return their description for the error message."""
         slots = self._worker_slots(w)
         desc = ", ".join(f"slot {s} (task {self._task[s]!r}, seed {self._seed[s]})" for s in slots)
         for s in slots:
             self._task[s], self._seed[s] = None, None
-        with contextlib.suppress(Exception):  # already closed
-            self._conns[w].close()
-        self._start(w)
-        return EnvWorkerError(
-            f"env worker {w} (pid {p.pid}) died during {what} with exit code {code}; it hosted {desc}. "
-            "The worker was restarted: reset those slots before using them again."
-        )
-
-    def _send(self, w: int, msg: tuple, what: str) -> EnvWorkerError | None:
-        try:
-            self._conns[w].send(msg)
-        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
-            return self._crashed(w, what)
-        return None
-
-    def _recv(self, w: int, what: str) -> tuple:
-        conn, p = self._conns[w], self._procs[w]
-        if what == "start":  # no restart loop for a worker that cannot start
-            try:
-                return conn.recv()
-            except (EOFError, ConnectionResetError, OSError):
-                p.join(timeout=5)
-                raise EnvWorkerError(f"env worker {w} died while starting (exit code {p.exitcode})") from None
-        while True:
-            try:
-                if conn.poll(1.0):
-                    return conn.recv()
-            except (EOFError, ConnectionResetError, OSError):
-                raise self._crashed(w, what) from None
-            if not p.is_alive() and not conn.poll(0):
-                raise self._crashed(w, what)
-
-    def _call(self, per_worker: dict[int, tuple[str, tuple]], what: str) -> dict[int, Any]:
-        """Send each worker its command, then collect every reply; raise the first failure."""
-        errors: list[BaseException] = []
-        sent = []
-        for w, msg in per_worker.items():
-            err = self._send(w, msg, what)
-            if err is None:
-                sent.append(w)
-            else:
-                errors.append(err)
-        out: dict[int, Any] = {}
-        for w in sent:
-            try:
-                reply = self._recv(w, what)
-            except EnvWorkerError as e:
-                errors.append(e)
-                continue
-            if reply[0] == "ok":
-                out[w] = reply[1]
-            else:
-                errors.append(reply[1])
-        if errors:
-            raise errors[0]
-        return out
+        return desc
 
     def _by_worker(self, slots: Sequence[int]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}
@@ -486,6 +335,189 @@ class VectorEnv(_Base):
             by_worker.setdefault(self.worker_of(it[0]), []).append(it)
         got = self._call({w: ("clone_into", (its, snap, observe)) for w, its in by_worker.items()}, "clone")
         return {s: o for d in got.values() for s, o in d.items()}
+
+
+# ---------------------------------------------------------------- worker processes
+
+
+WORKER_ENV_VARS = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
+
+def worker_process_setup(gl: str | None) -> None:
+    """Process-wide settings of an env host (worker process or Ray actor): one thread per BLAS/OpenMP
+    pool and the MuJoCo GL backend. Call it before anything heavy (mujoco, torch) is imported."""
+    os.environ.update(WORKER_ENV_VARS)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if gl:
+        os.environ["MUJOCO_GL"] = gl
+        os.environ["PYOPENGL_PLATFORM"] = gl
+    import sys
+
+    if "torch" in sys.modules:  # only if something imported it; never import torch just for this
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _worker_main(conn: Any, suite: str, slots: list[int], env_kwargs: dict[str, Any], gl: str | None) -> None:
+    worker_process_setup(gl)
+    try:
+        host = _Slots(suite, slots, env_kwargs)
+        conn.send(("ok", host.spec()))
+    except BaseException as e:  # report start-up failures to the parent
+        conn.send(("err", e, traceback.format_exc()))
+        return
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent is gone: exit, no orphans
+            break
+        cmd, args = msg
+        if cmd == "close":
+            host.close()
+            conn.send(("ok", None))
+            break
+        if cmd == "_crash":  # for tests: die like a segfaulting simulator
+            os._exit(3)
+        try:
+            conn.send(("ok", getattr(host, cmd)(*args)))
+        except BaseException as e:
+            try:
+                conn.send(("err", e, traceback.format_exc()))
+            except Exception:  # unpicklable exception
+                conn.send(("err", RuntimeError(repr(e)), traceback.format_exc()))
+
+
+def _shutdown(procs: list[Any], conns: list[Any]) -> None:
+    for conn in conns:
+        with contextlib.suppress(Exception):  # already dead
+            conn.send(("close", ()))
+    for p, conn in zip(procs, conns):
+        try:
+            if conn.poll(10):
+                conn.recv()
+        except Exception:  # a dead worker closes its end
+            pass
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+        conn.close()
+
+
+class VectorEnv(_Hosted):
+    """`num_slots` env slots spread over `num_workers` processes (default: min(slots, cpu count))."""
+
+    def __init__(
+        self,
+        suite: str,
+        num_slots: int,
+        num_workers: int | None = None,
+        env_kwargs: dict | None = None,
+    ) -> None:
+        self._init_slots(num_slots)
+        if num_workers is None:
+            num_workers = min(num_slots, os.cpu_count() or 1)
+        if num_workers <= 0:
+            raise ValueError("num_workers must be >= 1 (use InProcessVectorEnv for in-process slots)")
+        self.num_workers = min(num_workers, num_slots)
+        self._suite = suite
+        self._env_kwargs = dict(env_kwargs or {})
+        self._ctx = mp.get_context("spawn")
+        self._gl = os.environ.get("MUJOCO_GL")
+        if self._gl is None and self._env_kwargs.get("render", True):
+            from z1.envs.render import select_gl_backend
+
+            self._gl = select_gl_backend()
+        self._procs: list[Any] = [None] * self.num_workers
+        self._conns: list[Any] = [None] * self.num_workers
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
+        specs = [self._start(w) for w in range(self.num_workers)]
+        self.spec = specs[0]
+
+    def _start(self, w: int) -> EnvSpec:
+        parent, child = self._ctx.Pipe()
+        p = self._ctx.Process(
+            target=_worker_main,
+            args=(child, self._suite, self._worker_slots(w), self._env_kwargs, self._gl),
+            daemon=True,
+            name=f"z1-env-worker-{w}",
+        )
+        p.start()
+        child.close()
+        self._procs[w], self._conns[w] = p, parent
+        status, *rest = self._recv(w, what="start")
+        if status == "err":
+            raise EnvError(f"env worker {w} failed to start: {rest[0]!r}\n{rest[1]}")
+        return rest[0]
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def _crashed(self, w: int, what: str) -> EnvWorkerError:
+        p = self._procs[w]
+        p.join(timeout=5)
+        code = p.exitcode
+        desc = self._forget_worker(w)
+        with contextlib.suppress(Exception):  # already closed
+            self._conns[w].close()
+        self._start(w)
+        self.restarts += 1
+        return EnvWorkerError(
+            f"env worker {w} (pid {p.pid}) died during {what} with exit code {code}; it hosted {desc}. "
+            "The worker was restarted: reset those slots before using them again."
+        )
+
+    def _send(self, w: int, msg: tuple, what: str) -> EnvWorkerError | None:
+        try:
+            self._conns[w].send(msg)
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            return self._crashed(w, what)
+        return None
+
+    def _recv(self, w: int, what: str) -> tuple:
+        conn, p = self._conns[w], self._procs[w]
+        if what == "start":  # no restart loop for a worker that cannot start
+            try:
+                return conn.recv()
+            except (EOFError, ConnectionResetError, OSError):
+                p.join(timeout=5)
+                raise EnvWorkerError(f"env worker {w} died while starting (exit code {p.exitcode})") from None
+        while True:
+            try:
+                if conn.poll(1.0):
+                    return conn.recv()
+            except (EOFError, ConnectionResetError, OSError):
+                raise self._crashed(w, what) from None
+            if not p.is_alive() and not conn.poll(0):
+                raise self._crashed(w, what)
+
+    def _call(self, per_worker: dict[int, tuple[str, tuple]], what: str) -> dict[int, Any]:
+        """Send each worker its command, then collect every reply; raise the first failure."""
+        errors: list[BaseException] = []
+        sent = []
+        for w, msg in per_worker.items():
+            err = self._send(w, msg, what)
+            if err is None:
+                sent.append(w)
+            else:
+                errors.append(err)
+        out: dict[int, Any] = {}
+        for w in sent:
+            try:
+                reply = self._recv(w, what)
+            except EnvWorkerError as e:
+                errors.append(e)
+                continue
+            if reply[0] == "ok":
+                out[w] = reply[1]
+            else:
+                errors.append(reply[1])
+        if errors:
+            raise errors[0]
+        return out
 
     def _crash_worker_for_test(self, w: int) -> None:
         self._conns[w].send(("_crash", ()))

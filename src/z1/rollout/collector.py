@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from z1.envs.vector import EnvWorkerError
 from z1.models.pi05 import PolicyInputs, PrefixCache
 from z1.rollout.runner import PolicyRunner
 from z1.rollout.tree import Tree, TreeConfig, branch_factor_at, plan_branch_levels, tree_cost
@@ -139,6 +140,42 @@ def cat_caches(parts: list[PrefixCache]) -> PrefixCache:
     )
 
 
+@dataclass
+class _Wave:
+    """The records of one wave of groups; merged into the batch only once the whole wave finished."""
+
+    groups: list[GroupRollout] = field(default_factory=list)
+    inputs: list[PolicyInputs] = field(default_factory=list)
+    caches: list[PrefixCache] = field(default_factory=list)
+    obs: list[torch.Tensor] = field(default_factory=list)  # (rows,) into this wave's observations
+    chain: list[torch.Tensor] = field(default_factory=list)
+    steps: list[torch.Tensor] = field(default_factory=list)
+    lp: list[torch.Tensor] = field(default_factory=list)
+    group: list[np.ndarray] = field(default_factory=list)
+    node: list[np.ndarray] = field(default_factory=list)
+    n_obs: int = 0  # distinct observations = prefix forwards
+    policy_rows: int = 0
+    clones: int = 0
+
+    def commit(self, wave: _Wave) -> None:
+        """Append a finished wave's records (its observation indices shifted past ours)."""
+        self.obs.extend(o + self.n_obs for o in wave.obs)
+        for mine, theirs in (
+            (self.groups, wave.groups),
+            (self.inputs, wave.inputs),
+            (self.caches, wave.caches),
+            (self.chain, wave.chain),
+            (self.steps, wave.steps),
+            (self.lp, wave.lp),
+            (self.group, wave.group),
+            (self.node, wave.node),
+        ):
+            mine.extend(theirs)
+        self.n_obs += wave.n_obs
+        self.policy_rows += wave.policy_rows
+        self.clones += wave.clones
+
+
 def collect_groups(
     runner: PolicyRunner,
     venv,
@@ -149,8 +186,14 @@ def collect_groups(
     c_med: dict[str, float] | None = None,
     keep_caches: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    max_wave_retries: int = 3,
 ) -> RolloutBatch:
-    """Roll out every (task, seed) group; groups run in waves of venv.num_slots // group_size."""
+    """Roll out every (task, seed) group; groups run in waves of venv.num_slots // group_size.
+
+    When an env host dies during a wave (`EnvWorkerError`), the wave's records are dropped and the wave
+    is collected again from the same RNG states (so the batch equals an undisturbed run's), at most
+    `max_wave_retries` times; `stats` counts `env_restarts` and `waves_retried`.
+    """
     per_wave = venv.num_slots // cfg.group_size
     if per_wave < 1:
         raise ValueError(
@@ -159,139 +202,181 @@ def collect_groups(
         )
     sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level, cfg.stochastic, cfg.window)
     tree_cfg = cfg.tree_config()
-    out_groups: list[GroupRollout] = []
-    inputs_parts: list[PolicyInputs] = []
-    cache_parts: list[PrefixCache] = []
-    rec_obs: list[torch.Tensor] = []
-    rec_chain: list[torch.Tensor] = []
-    rec_steps: list[torch.Tensor] = []
-    rec_lp: list[torch.Tensor] = []
-    rec_group: list[np.ndarray] = []
-    rec_node: list[np.ndarray] = []
-    n_obs = 0
-    prefix_forwards = 0
-    policy_rows = 0
-    clones = 0
-    t_policy = t_env = t_restore = 0.0
+    done = _Wave()
+    times = {"policy": 0.0, "env": 0.0, "restore": 0.0}
+    restarts_before = getattr(venv, "restarts", None)
+    worker_errors = waves_retried = 0
     started = time.perf_counter()
 
     for w0 in range(0, len(groups), per_wave):
-        wave = groups[w0 : w0 + per_wave]
-        live: dict[int, tuple[int, int]] = {}  # slot -> (group index, node id)
-        steps: dict[int, int] = {}
-        obs: dict[int, Observation] = {}
-        group_slots: dict[int, list[int]] = {}
-        for wi, (task, seed) in enumerate(wave):
-            gi = w0 + wi
-            base = wi * cfg.group_size
-            group_slots[gi] = list(range(base, base + cfg.group_size))
-            levels = plan_branch_levels(tree_cfg, (c_med or {}).get(task), rng)
-            g = GroupRollout(task=task, seed=seed, tree=Tree(task=task, group=gi), levels=levels)
-            out_groups.append(g)
-            (ob0,) = venv.reset([base], [task], [seed])
-            t0 = time.perf_counter()
-            trunk_slots = list(range(base, base + tree_cfg.trunks))
-            if len(trunk_slots) > 1:  # identical initial state: clones of the reset slot
-                venv.clone_many(base, trunk_slots[1:])
-                clones += len(trunk_slots) - 1
-            for slot in trunk_slots:
-                live[slot] = (gi, g.tree.add_trunk())
-                steps[slot] = 0
-                obs[slot] = ob0
-            t_restore += time.perf_counter() - t0
+        rng_state, gen_state = rng.bit_generator.state, generator.get_state()
+        for attempt in range(max_wave_retries + 1):
+            try:
+                wave = _roll_wave(
+                    runner,
+                    venv,
+                    groups[w0 : w0 + per_wave],
+                    w0,
+                    cfg,
+                    tree_cfg,
+                    sampler,
+                    rng,
+                    generator,
+                    c_med,
+                    keep_caches,
+                    progress,
+                    times,
+                )
+                break
+            except EnvWorkerError as e:
+                worker_errors += 1
+                if attempt == max_wave_retries:
+                    raise EnvWorkerError(
+                        f"wave of groups {w0}..{min(w0 + per_wave, len(groups)) - 1} failed {attempt + 1} "
+                        f"times; last error: {e}"
+                    ) from e
+                waves_retried += 1
+                rng.bit_generator.state = rng_state  # the retry draws what the failed attempt drew
+                generator.set_state(gen_state)
+        done.commit(wave)
 
-        while live:
-            slots = sorted(live)
-            t0 = time.perf_counter()
-            acted = runner.act([obs[s] for s in slots], sampler, generator)
-            t_policy += time.perf_counter() - t0
-            inputs_parts.append(acted.unique_inputs)
-            if keep_caches:
-                cache_parts.append(acted.unique_cache)
-            rec_obs.append(acted.row_to_unique + n_obs)
-            n_obs += acted.prefix_forwards
-            prefix_forwards += acted.prefix_forwards
-            policy_rows += len(slots)
-            rec_chain.append(acted.sample.chain)
-            rec_steps.append(acted.sample.step_ids)
-            rec_lp.append(acted.sample.logprobs)
-            rec_group.append(np.array([live[s][0] for s in slots]))
-            rec_node.append(np.array([live[s][1] for s in slots]))
-            t0 = time.perf_counter()
-            results = venv.run_chunks(
-                {
-                    s: acted.env_actions[i][: max(1, min(cfg.h_exec, cfg.max_steps - steps[s]))]
-                    for i, s in enumerate(slots)
-                },
-                stop_on_success=True,
-                observe=True,
-            )
-            t_env += time.perf_counter() - t0
-            for s in slots:
-                gi, node = live[s]
-                g = out_groups[gi]
-                r = results[s]
-                g.tree.extend(node, env_steps=r.steps)
-                steps[s] += r.steps
-                obs[s] = r.observation
-                if r.success or r.done or steps[s] >= cfg.max_steps:
-                    g.tree.finish(node, success=r.success)
-                    g.length[node] = steps[s]
-                    if r.success:
-                        g.success_time[node] = steps[s]
-                    del live[s]
-                    if progress is not None:
-                        progress(1, 0)
-            # Branch at chunk boundaries (C.2): children restored from the parent's state into free slots.
-            t0 = time.perf_counter()
-            for s in sorted(live):
-                gi, node = live[s]
-                g = out_groups[gi]
-                chunks_left = (cfg.max_steps - steps[s]) // cfg.h_exec
-                k = branch_factor_at(g.tree, node, g.levels, tree_cfg, chunks_left)
-                if k == 0:
-                    continue
-                busy = {sl for sl, (gj, _) in live.items() if gj == gi}
-                free = [sl for sl in group_slots[gi] if sl not in busy]
-                if len(free) < k - 1:
-                    continue  # not enough slots (only with uneven custom trees); keep going unbranched
-                kids = g.tree.branch(node, k)
-                live[s] = (gi, kids[0])
-                dsts = free[: k - 1]
-                venv.clone_many(s, dsts)
-                clones += len(dsts)
-                for kid, dst in zip(kids[1:], dsts):
-                    live[dst] = (gi, kid)
-                    steps[dst] = steps[s]
-                    obs[dst] = obs[s]
-            t_restore += time.perf_counter() - t0
-
+    out_groups = done.groups
     costs = [tree_cost(g.tree) for g in out_groups]
     env_steps = sum(c.env_steps for c in costs)
     flat_steps = sum(c.flat_env_steps for c in costs)
     flat_prefix = sum(c.flat_prefix_forwards for c in costs)
+    restarts = worker_errors if restarts_before is None else venv.restarts - restarts_before
     stats = {
         "env_steps": float(env_steps),
         "env_steps_flat_equiv": float(flat_steps),
         "env_step_ratio": env_steps / flat_steps if flat_steps else float("nan"),
-        "prefix_forwards": float(prefix_forwards),
+        "prefix_forwards": float(done.n_obs),
         "prefix_forwards_flat": float(flat_prefix),
-        "prefix_forwards_saved": float(policy_rows - prefix_forwards),
-        "clones": float(clones),
-        "time/policy": t_policy,
-        "time/env": t_env,
-        "time/restore": t_restore,
+        "prefix_forwards_saved": float(done.policy_rows - done.n_obs),
+        "clones": float(done.clones),
+        "env_restarts": float(restarts),
+        "waves_retried": float(waves_retried),
+        "time/policy": times["policy"],
+        "time/env": times["env"],
+        "time/restore": times["restore"],
         "time/rollout": time.perf_counter() - started,
     }
     return RolloutBatch(
         groups=out_groups,
-        inputs=cat_inputs(inputs_parts),
-        caches=cat_caches(cache_parts) if keep_caches else None,
-        obs_index=torch.cat(rec_obs),
-        chains=torch.cat(rec_chain),
-        step_ids=torch.cat(rec_steps),
-        logprobs=torch.cat(rec_lp),
-        chunk_group=np.concatenate(rec_group),
-        chunk_node=np.concatenate(rec_node),
+        inputs=cat_inputs(done.inputs),
+        caches=cat_caches(done.caches) if keep_caches else None,
+        obs_index=torch.cat(done.obs),
+        chains=torch.cat(done.chain),
+        step_ids=torch.cat(done.steps),
+        logprobs=torch.cat(done.lp),
+        chunk_group=np.concatenate(done.group),
+        chunk_node=np.concatenate(done.node),
         stats=stats,
     )
+
+
+def _roll_wave(
+    runner: PolicyRunner,
+    venv,
+    wave_groups: list[tuple[str, int]],
+    w0: int,
+    cfg: RolloutConfig,
+    tree_cfg: TreeConfig,
+    sampler,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    c_med: dict[str, float] | None,
+    keep_caches: bool,
+    progress: Callable[[int, int], None] | None,
+    times: dict[str, float],
+) -> _Wave:
+    """Roll out the groups of one wave together; group w0 + i uses slots i * G ... (i + 1) * G - 1."""
+    wave = _Wave()
+    live: dict[int, tuple[int, int]] = {}  # slot -> (group index, node id)
+    steps: dict[int, int] = {}
+    obs: dict[int, Observation] = {}
+    group_slots: dict[int, list[int]] = {}
+    for wi, (task, seed) in enumerate(wave_groups):
+        gi = w0 + wi
+        base = wi * cfg.group_size
+        group_slots[gi] = list(range(base, base + cfg.group_size))
+        levels = plan_branch_levels(tree_cfg, (c_med or {}).get(task), rng)
+        g = GroupRollout(task=task, seed=seed, tree=Tree(task=task, group=gi), levels=levels)
+        wave.groups.append(g)
+        (ob0,) = venv.reset([base], [task], [seed])
+        t0 = time.perf_counter()
+        trunk_slots = list(range(base, base + tree_cfg.trunks))
+        if len(trunk_slots) > 1:  # identical initial state: clones of the reset slot
+            venv.clone_many(base, trunk_slots[1:])
+            wave.clones += len(trunk_slots) - 1
+        for slot in trunk_slots:
+            live[slot] = (gi, g.tree.add_trunk())
+            steps[slot] = 0
+            obs[slot] = ob0
+        times["restore"] += time.perf_counter() - t0
+
+    while live:
+        slots = sorted(live)
+        t0 = time.perf_counter()
+        acted = runner.act([obs[s] for s in slots], sampler, generator)
+        times["policy"] += time.perf_counter() - t0
+        wave.inputs.append(acted.unique_inputs)
+        if keep_caches:
+            wave.caches.append(acted.unique_cache)
+        wave.obs.append(acted.row_to_unique + wave.n_obs)
+        wave.n_obs += acted.prefix_forwards
+        wave.policy_rows += len(slots)
+        wave.chain.append(acted.sample.chain)
+        wave.steps.append(acted.sample.step_ids)
+        wave.lp.append(acted.sample.logprobs)
+        wave.group.append(np.array([live[s][0] for s in slots]))
+        wave.node.append(np.array([live[s][1] for s in slots]))
+        t0 = time.perf_counter()
+        results = venv.run_chunks(
+            {
+                s: acted.env_actions[i][: max(1, min(cfg.h_exec, cfg.max_steps - steps[s]))]
+                for i, s in enumerate(slots)
+            },
+            stop_on_success=True,
+            observe=True,
+        )
+        times["env"] += time.perf_counter() - t0
+        for s in slots:
+            gi, node = live[s]
+            g = wave.groups[gi - w0]
+            r = results[s]
+            g.tree.extend(node, env_steps=r.steps)
+            steps[s] += r.steps
+            obs[s] = r.observation
+            if r.success or r.done or steps[s] >= cfg.max_steps:
+                g.tree.finish(node, success=r.success)
+                g.length[node] = steps[s]
+                if r.success:
+                    g.success_time[node] = steps[s]
+                del live[s]
+                if progress is not None:
+                    progress(1, 0)
+        # Branch at chunk boundaries (C.2): children restored from the parent's state into free slots.
+        t0 = time.perf_counter()
+        for s in sorted(live):
+            gi, node = live[s]
+            g = wave.groups[gi - w0]
+            chunks_left = (cfg.max_steps - steps[s]) // cfg.h_exec
+            k = branch_factor_at(g.tree, node, g.levels, tree_cfg, chunks_left)
+            if k == 0:
+                continue
+            busy = {sl for sl, (gj, _) in live.items() if gj == gi}
+            free = [sl for sl in group_slots[gi] if sl not in busy]
+            if len(free) < k - 1:
+                continue  # not enough slots (only with uneven custom trees); keep going unbranched
+            kids = g.tree.branch(node, k)
+            live[s] = (gi, kids[0])
+            dsts = free[: k - 1]
+            venv.clone_many(s, dsts)
+            wave.clones += len(dsts)
+            for kid, dst in zip(kids[1:], dsts):
+                live[dst] = (gi, kid)
+                steps[dst] = steps[s]
+                obs[dst] = obs[s]
+        times["restore"] += time.perf_counter() - t0
+    return wave

@@ -16,10 +16,12 @@ import copy
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from z1.distributed.ddp import allreduce_grads
 from z1.evaluate import EvalConfig, eval_metrics, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
 from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
@@ -70,6 +72,8 @@ class RLConfig:
     """Env slots (episodes in flight); at least `rollout.group_size`."""
     workers: int = 2
     """Env worker processes (0: in-process, sequential)."""
+    ray: Literal["local", "auto"] | None = None
+    """Env slots on `workers` Ray actors: local starts a cluster here, auto joins `ray start`'s (README)."""
     threads: int = 1
     """Torch threads of the learner process."""
     seed: int = 0
@@ -174,6 +178,7 @@ def grpo_update(
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            st = allreduce_grads(model.parameters(), total, st)  # DDP: global term-weighted mean; else no-op
             gn = grad_norms_by_group(groups)
             torch.nn.utils.clip_grad_norm_([p for ps in groups.params.values() for p in ps], grad_clip)
             optimizer.step()
@@ -234,7 +239,9 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
         start_iter = int(meta["iteration"]) + 1
         task_stats = TaskTimeStats.from_json(meta["task_stats"])
         logger.truncate_after(start_iter)
-    venv = make_vector_env(suite_for(cfg.tasks, cfg.suite), cfg.num_slots, cfg.workers, cfg.image_size)
+    venv = make_vector_env(
+        suite_for(cfg.tasks, cfg.suite), cfg.num_slots, cfg.workers, cfg.image_size, ray=cfg.ray
+    )
     try:
         runner = build_runner(model, loaded.norm, venv.spec, cfg.rollout.h_exec, cfg.rollout.share_prefix)
         sampler = runner.sampler(

@@ -41,11 +41,18 @@ def suite_for(tasks: str, suite: str | None = None) -> str:
     return "metaworld"
 
 
-def make_vector_env(suite: str, num_slots: int, workers: int, image_size: int):
-    """Env slots in `workers` processes (0 = in-process, sequential)."""
+def make_vector_env(suite: str, num_slots: int, workers: int, image_size: int, ray: str | None = None):
+    """Env slots in `workers` processes (0 = in-process, sequential), or with `ray` ("local" starts a
+    Ray cluster on this machine, "auto" joins a running one) on `workers` Ray actors (0 = one per CPU
+    of the cluster)."""
     from z1.envs.vector import InProcessVectorEnv, VectorEnv
 
     kw = {"image_size": (image_size, image_size)}
+    if ray is not None:
+        from z1.distributed import RayVectorEnv, start_ray
+
+        start_ray(ray)  # type: ignore[arg-type]
+        return RayVectorEnv(suite, num_slots, num_actors=workers if workers > 0 else None, env_kwargs=kw)
     if workers <= 0:
         return InProcessVectorEnv(suite, num_slots, env_kwargs=kw)
     return VectorEnv(suite, num_slots, num_workers=workers, env_kwargs=kw)
@@ -60,8 +67,9 @@ def build_runner(
 
 
 @contextmanager
-def progress_bar(console: Console | None = None, transient: bool = False):
-    """A rich progress bar with count, elapsed and remaining time."""
+def progress_bar(console: Console | None = None, transient: bool = False, disable: bool = False):
+    """A rich progress bar with count, elapsed and remaining time (`disable`: draw nothing, e.g. on the
+    non-zero ranks of a data-parallel job)."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -71,6 +79,7 @@ def progress_bar(console: Console | None = None, transient: bool = False):
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=transient,
+        disable=disable,
     )
     with progress:
         orig_add = progress.add_task

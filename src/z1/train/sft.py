@@ -4,6 +4,11 @@ Training samples are (observation at frame i, the H actions i..i+H-1 of the same
 masked at episode ends. AdamW with linear warmup + cosine decay, gradient clipping, optional EMA, optional
 random-shift image augmentation, optional bf16 autocast. Checkpoints (model + normalization + optimizer +
 RNG states) are written atomically every `ckpt_every` steps; `--resume` continues bit-exactly on CPU.
+
+Data-parallel under `torchrun` (z1.distributed.ddp): every rank draws the same global batch and its
+random numbers (sample ids, shifts, flow noise and time) from the shared seed, computes the loss of its
+contiguous share, and the gradients are averaged weighted by each share's action entries, so a step equals
+the single-process step on the global batch. Rank 0 alone writes checkpoints, metrics and evaluations.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from z1.config import ConfigError, policy_preset
 from z1.data.chunks import ChunkDataset
 from z1.data.lerobot import check_compatible, open_dataset
 from z1.data.normalize import normalization_from_dataset
+from z1.distributed.ddp import DistContext, allreduce_grads
 from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
 from z1.models.pi05 import Pi05Policy, PolicyInputs
 from z1.models.tokenizer import make_tokenizer, tokenize_prompt
@@ -83,6 +89,9 @@ class SFTConfig:
     """Task set or comma-separated names for the periodic evaluation."""
     eval_episodes: int = 10
     """Episodes per task of the periodic evaluation."""
+    ray: Literal["local", "auto"] | None = None
+    """Run the periodic evaluation's env slots on Ray actors: local starts a cluster on this machine,
+    auto joins a running one (`ray start`); needs `pip install -e '.[ray]'`."""
 
 
 def camera_images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -91,12 +100,17 @@ def camera_images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
     return images_to_model(images.reshape(b * n, *images.shape[2:]), size).reshape(b, n, 3, size, size)
 
 
-def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """DrQ-style augmentation: replicate-pad by `pad` px and crop back at a random offset per image."""
+def shift_offsets(b: int, n: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop offsets of `random_shift` for b samples of n cameras: (b, n, 2) int64 in [0, 2 pad]."""
+    return torch.randint(0, 2 * pad + 1, (b * n, 2), generator=generator).reshape(b, n, 2)
+
+
+def random_shift(images: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """DrQ-style augmentation: replicate-pad by `pad` px and crop back at `offsets` (b, n, 2) per image."""
     b, n, c, y, x = images.shape
     flat = F.pad(images.reshape(b * n, c, y, x), (pad, pad, pad, pad), mode="replicate")
-    offs = torch.randint(0, 2 * pad + 1, (b * n, 2), generator=generator)
-    out = torch.stack([flat[i, :, oy : oy + y, ox : ox + x] for i, (oy, ox) in enumerate(offs.tolist())])
+    offs = offsets.reshape(b * n, 2).tolist()
+    out = torch.stack([flat[i, :, oy : oy + y, ox : ox + x] for i, (oy, ox) in enumerate(offs)])
     return out.reshape(b, n, c, y, x)
 
 
@@ -142,7 +156,7 @@ def _periodic_eval(model: Pi05Policy, norm, cfg: SFTConfig, console) -> dict[str
     model.eval()
     tasks = resolve_tasks(cfg.eval_tasks)
     venv = make_vector_env(
-        suite_for(cfg.eval_tasks), max(2, 2 * len(tasks)), 2, model.config.vision.image_size
+        suite_for(cfg.eval_tasks), max(2, 2 * len(tasks)), 2, model.config.vision.image_size, ray=cfg.ray
     )
     try:
         runner = build_runner(model, norm, venv.spec, h_exec=max(1, model.config.action_horizon // 2))
@@ -153,6 +167,12 @@ def _periodic_eval(model: Pi05Policy, norm, cfg: SFTConfig, console) -> dict[str
 
 
 def run_sft(cfg: SFTConfig, console=None) -> dict:
+    ctx = DistContext.init_from_env()  # one process unless launched by torchrun
+    if cfg.batch_size < ctx.world_size:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is smaller than the {ctx.world_size} data-parallel ranks; "
+            "each rank needs at least one sample"
+        )
     out = Path(cfg.out)
     ckpt_dir = out / "sft_ckpt"
     resume = cfg.resume and (ckpt_dir / "model.safetensors").exists()
@@ -173,6 +193,7 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
         torch.manual_seed(cfg.seed)
         model = Pi05Policy(policy_preset(cfg.preset))
         norm = normalization_from_dataset(ds, cfg.norm)
+    ctx.broadcast_params(model)  # identical starting weights on every rank
     pc = model.config
     check_compatible(ds, cameras=pc.cameras, state_dim=None, action_dim=None, max_action_dim=pc.action_dim)
     chunks = ChunkDataset(ds, pc.action_horizon, pc.action_dim, norm, pc.cameras)
@@ -190,7 +211,7 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     start = 0
-    logger = MetricsLogger(out, "sft")
+    logger = MetricsLogger(out, "sft") if ctx.is_main else None
     if resume:
         state = load_train_state(ckpt_dir / "train_state", optimizer, torch_generators={"batches": generator})
         start = int(state.meta["step"])
@@ -201,7 +222,8 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
             }
             raw = {k.removeprefix("raw."): v for k, v in state.extra_tensors.items() if k.startswith("raw.")}
             model.load_state_dict(raw)
-        logger.truncate_after(start)
+        if logger is not None:
+            logger.truncate_after(start)
 
     def save(step: int) -> None:
         extra = {"stage": "sft", "step": step, "dataset": str(cfg.dataset)}
@@ -223,51 +245,62 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     t_last, n_last = time.perf_counter(), 0
     t_start = time.perf_counter()
     last_loss = float("nan")
-    with progress_bar(console) as progress:
+    lo, hi = ctx.shard_bounds(cfg.batch_size)  # this rank's rows of every global batch
+    with progress_bar(console, disable=not ctx.is_main) as progress:
         task = progress.add_task("SFT", total=cfg.steps, completed=start)
         for step in range(start, cfg.steps):
             lr = warmup_cosine(step, cfg.warmup, cfg.steps, cfg.lr, cfg.final_lr)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            idx = torch.randint(0, len(data), (cfg.batch_size,), generator=generator)
-            inputs, actions, mask = data.batch(idx)
-            if cfg.augment:
+            # The global batch's random numbers, drawn on every rank in the single-process order.
+            b = cfg.batch_size
+            idx = torch.randint(0, len(data), (b,), generator=generator)
+            offsets = shift_offsets(b, len(pc.cameras), 4, generator) if cfg.augment else None
+            noise = torch.randn((b, pc.action_horizon, pc.action_dim), generator=generator)  # (b, h, a)
+            t_flow = model.sample_time(b, torch.device("cpu"), generator)  # (b,)
+            inputs, actions, mask = data.batch(idx[lo:hi])
+            if offsets is not None:
                 inputs = PolicyInputs(
-                    images=random_shift(inputs.images, 4, generator),
+                    images=random_shift(inputs.images, 4, offsets[lo:hi]),
                     image_mask=inputs.image_mask,
                     tokens=inputs.tokens,
                     token_mask=inputs.token_mask,
                 )
             with autocast:
-                loss = model.compute_loss(inputs, actions, mask, generator=generator)
+                loss = model.compute_loss(inputs, actions, mask, noise=noise[lo:hi], time=t_flow[lo:hi])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # DDP: the mean over every rank's action entries, not a mean of per-rank means.
+            synced = allreduce_grads(model.parameters(), mask.float().sum(), {"loss": float(loss.detach())})
             gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             optimizer.step()
             if ema is not None:
                 ema.update(model)
-            last_loss = float(loss.detach())
+            assert synced is not None
+            last_loss = float(synced["loss"])
             losses.append(last_loss)
             n_last += cfg.batch_size
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 now = time.perf_counter()
                 sps = n_last / max(now - t_last, 1e-9)
-                logger.log(
-                    step + 1,
-                    {"loss": float(np.mean(losses)), "lr": lr, "grad_norm": gnorm, "samples_per_s": sps},
-                )
+                if logger is not None:
+                    logger.log(
+                        step + 1,
+                        {"loss": float(np.mean(losses)), "lr": lr, "grad_norm": gnorm, "samples_per_s": sps},
+                    )
                 progress.update(task, info=f"loss {np.mean(losses):.4f}  {sps:.0f} samples/s")
                 losses, t_last, n_last = [], now, 0
             stopping = cfg.stop_after is not None and step + 1 >= cfg.stop_after
-            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps or stopping:
+            if ctx.is_main and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps or stopping):
                 save(step + 1)
-            if cfg.eval_every and cfg.eval_tasks and (step + 1) % cfg.eval_every == 0:
+            if logger is not None and cfg.eval_every and cfg.eval_tasks and (step + 1) % cfg.eval_every == 0:
                 logger.log(step + 1, _periodic_eval(model, norm, cfg, console))
                 model.train()
             progress.update(task, advance=1)
             if stopping:
                 break
-    logger.close()
+    if logger is not None:
+        logger.close()
     return {
         "steps": cfg.steps,
         "final_loss": last_loss,

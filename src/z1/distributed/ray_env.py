@@ -1,0 +1,210 @@
+"""Env slots hosted by Ray actors, behind the `VectorEnv` interface of `z1.envs.vector`.
+
+Slot s lives on actor s % num_actors; an actor owns several slots (`_Slots`, the same code a worker
+process runs) and steps them in its own process, on this machine or another node of the cluster. Every
+batched operation issues one remote call per involved actor and then gathers them with one `ray.get` on
+the list, so the actors run in parallel; observations come back in batches, one reply per actor. Cloning
+across actors: the source actor's snapshot (small, picklable) is passed to the destination actors.
+
+Actors set one BLAS/OpenMP thread and the MuJoCo GL backend before importing anything heavy (the
+variables also go into the actor's `runtime_env`, so they hold from process start).
+
+Fault tolerance: actors are created with `max_restarts`, so Ray restarts one that dies, and with
+unlimited task retries, so a call that was in flight (or issued while the actor restarts) waits for the
+new incarnation. Each incarnation carries an id and every call names the id it expects: the restarted
+actor refuses calls meant for its predecessor (nothing runs on its fresh, un-reset envs), and the caller
+raises `EnvWorkerError` naming the lost slots (task, seed); those slots must be reset again (the
+collector re-runs the wave). `restarts` counts the restarts seen, so a run can log it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import socket
+import time
+import weakref
+from typing import Any
+
+from z1.distributed.cluster import RayUnavailableError, require_ray
+from z1.envs.base import EnvError
+from z1.envs.vector import WORKER_ENV_VARS, EnvWorkerError, _Hosted, _Slots, worker_process_setup
+from z1.types import EnvSpec
+
+
+class SlotActor:
+    """The body of one env actor (wrapped by `ray.remote` in `RayVectorEnv`)."""
+
+    def __init__(self, suite: str, slots: list[int], env_kwargs: dict[str, Any], gl: str | None) -> None:
+        worker_process_setup(gl)
+        if gl is None and env_kwargs.get("render", True):
+            from z1.envs.render import select_gl_backend
+
+            select_gl_backend()  # probe this node's GL backends before mujoco is imported
+        self.incarnation = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        self.slots = _Slots(suite, slots, env_kwargs)
+
+    def hello(self) -> tuple[str, EnvSpec, int]:
+        return self.incarnation, self.slots.spec(), os.getpid()
+
+    def call(self, expect: str | None, cmd: str, args: tuple) -> tuple[str, bool, Any]:
+        """Run `_Slots.<cmd>(*args)` unless this is not the incarnation the caller expects (a restart
+        the caller has not seen): then nothing runs. Returns (incarnation, ran, value)."""
+        if expect is not None and expect != self.incarnation:
+            return self.incarnation, False, None
+        # Ray hands numpy arguments over read-only (zero-copy from the object store), and simulators
+        # write into them (mj_setState wants a writable state array): give the envs private copies.
+        return self.incarnation, True, getattr(self.slots, cmd)(*copy.deepcopy(args))
+
+    def ping(self) -> int:
+        """A no-op round trip (to measure the per-call overhead)."""
+        return 0
+
+    def close(self) -> None:
+        self.slots.close()
+
+
+def _kill_actors(ray: Any, actors: list[Any]) -> None:
+    if not ray.is_initialized():  # the cluster is gone already (interpreter exit)
+        return
+    with contextlib.suppress(Exception):  # a dead or hung actor is killed below anyway
+        ray.get([a.close.remote() for a in actors], timeout=30)
+    for a in actors:
+        with contextlib.suppress(Exception):  # already dead
+            ray.kill(a, no_restart=True)
+
+
+class RayVectorEnv(_Hosted):
+    """`num_slots` env slots on `num_actors` Ray actors (default: one per CPU of the cluster).
+
+    Needs a Ray connection (`z1.distributed.start_ray`). `cpus_per_actor` is the Ray CPU reservation
+    of an actor; `max_restarts` how often Ray restarts a dead actor; `start_timeout` bounds the wait for
+    the actors to be scheduled and to build their envs.
+    """
+
+    def __init__(
+        self,
+        suite: str,
+        num_slots: int,
+        num_actors: int | None = None,
+        env_kwargs: dict | None = None,
+        *,
+        cpus_per_actor: float = 1.0,
+        max_restarts: int = 100,
+        start_timeout: float = 600.0,
+    ) -> None:
+        ray = require_ray()
+        if not ray.is_initialized():
+            raise RayUnavailableError(
+                "RayVectorEnv needs a Ray connection: call z1.distributed.start_ray('local' | 'auto') first "
+                "(the CLI does it for --ray)"
+            )
+        self._ray = ray
+        self._init_slots(num_slots)
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        if num_actors is None:
+            num_actors = max(1, int(cpus // cpus_per_actor))
+        if num_actors <= 0:
+            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        if cpus_per_actor * min(num_actors, num_slots) > cpus:
+            raise EnvError(
+                f"{min(num_actors, num_slots)} env actors x {cpus_per_actor} CPUs do not fit the Ray "
+                f"cluster's {cpus:g} CPUs; use fewer actors (--workers) or a smaller cpus_per_actor"
+            )
+        self.num_workers = min(num_actors, num_slots)
+        self.max_restarts = max_restarts
+        env_kwargs = dict(env_kwargs or {})
+        gl = os.environ.get("MUJOCO_GL")
+        env_vars = {**WORKER_ENV_VARS, "OMP_WAIT_POLICY": "PASSIVE"}
+        if gl:
+            env_vars.update(MUJOCO_GL=gl, PYOPENGL_PLATFORM=gl)
+        actor_cls = ray.remote(SlotActor).options(
+            num_cpus=cpus_per_actor,
+            max_restarts=max_restarts,
+            max_task_retries=-1,  # re-sent to the restarted actor, which refuses it (incarnation check)
+            runtime_env={"env_vars": env_vars},
+        )
+        self._actors = [
+            actor_cls.remote(suite, self._worker_slots(a), env_kwargs, gl) for a in range(self.num_workers)
+        ]
+        self._finalizer = weakref.finalize(self, _kill_actors, ray, list(self._actors))
+        self._incarnation: list[str | None] = [None] * self.num_workers
+        self._stale = [False] * self.num_workers  # lost an actor: accept (and adopt) its next incarnation
+        try:
+            hellos = ray.get([a.hello.remote() for a in self._actors], timeout=start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise EnvError(
+                f"the {self.num_workers} env actors did not start within {start_timeout:.0f} s (cluster: "
+                f"{ray.cluster_resources()}); are other jobs holding the CPUs?"
+            ) from None
+        except Exception as e:
+            self.close()
+            raise EnvError(f"env actors for suite {suite!r} failed to start: {e}") from e
+        for a, (inc, _, _) in enumerate(hellos):
+            self._incarnation[a] = inc
+        self.spec = hellos[0][1]
+
+    @property
+    def actors(self) -> list[Any]:
+        """The actor handles (actor a hosts slots a, a + num_actors, ...)."""
+        return list(self._actors)
+
+    @property
+    def num_actors(self) -> int:
+        return self.num_workers
+
+    def pids(self) -> list[int]:
+        return [h[2] for h in self._ray.get([a.hello.remote() for a in self._actors])]
+
+    def ping(self) -> None:
+        """One no-op call on every actor, gathered (the floor of a batched operation's cost)."""
+        self._ray.get([a.ping.remote() for a in self._actors])
+
+    def _call(self, per_worker: dict[int, tuple[str, tuple]], what: str) -> dict[int, Any]:
+        ray = self._ray
+        refs = {
+            w: self._actors[w].call.remote(None if self._stale[w] else self._incarnation[w], cmd, args)
+            for w, (cmd, args) in per_worker.items()
+        }
+        replies: dict[int, tuple[str, bool, Any]] = {}
+        errors: list[BaseException] = []
+        try:
+            replies = dict(zip(refs, ray.get(list(refs.values()))))
+        except Exception:  # sort out which actors failed, and how
+            for w, ref in refs.items():
+                try:
+                    replies[w] = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    errors.append(self._lost(w, what, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+                except Exception as e:  # an error raised by the env itself (EnvError, ...)
+                    errors.append(e)
+        out: dict[int, Any] = {}
+        for w, (inc, ran, value) in replies.items():
+            self._adopt(w, inc)
+            if ran:
+                out[w] = value
+            else:
+                errors.append(self._lost(w, what, "it was restarted since the last call"))
+        if errors:
+            raise errors[0]
+        return out
+
+    def _adopt(self, w: int, incarnation: str) -> None:
+        old = self._incarnation[w]
+        if old is not None and incarnation != old:
+            self.restarts += 1
+        self._incarnation[w] = incarnation
+        self._stale[w] = False
+
+    def _lost(self, w: int, what: str, cause: str) -> EnvWorkerError:
+        desc = self._forget_worker(w)
+        self._stale[w] = True
+        return EnvWorkerError(
+            f"env actor {w} failed during {what} ({cause}); it hosted {desc}. Ray restarts it (max_restarts="
+            f"{self.max_restarts}): reset those slots before using them again."
+        )
+
+    def close(self) -> None:
+        self._finalizer()
