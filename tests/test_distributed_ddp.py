@@ -1,0 +1,185 @@
+"""DDP on 2 CPU processes (gloo) equals one process on the same global batch; Ray stays optional.
+
+Each rank takes its share of the global batch; gradients are averaged weighted by the share's loss terms,
+so the parameters after a GRPO update and after SFT steps match the single-process run up to float
+reduction order.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as tmp
+
+from fakes import tiny_runner
+from test_rl_update import _setup as rollouts_for_update
+from test_train_sft import write_dataset
+from z1.distributed.cluster import RayUnavailableError, start_ray
+from z1.distributed.ddp import DistContext, allreduce_grads
+from z1.rl.grpo import GRPOConfig
+from z1.rl.params import apply_selective, frozen_prefix
+from z1.train.rl import grpo_update
+from z1.train.sft import SFTConfig, run_sft
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, port: int) -> DistContext:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
+    torch.set_num_threads(1)
+    return DistContext.init_from_env()
+
+
+def _spawn(fn, *args) -> None:
+    tmp.spawn(fn, args=(_free_port(), *args), nprocs=WORLD, join=True)
+
+
+@contextmanager
+def _one_thread():
+    """The single-process reference with the ranks' thread count (matmul sums depend on it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- GRPO
+
+
+def _grpo(model, groups, sel, cfg, batch, scored, trainable) -> dict[str, float]:
+    sampler = tiny_runner().sampler("sde", cfg.num_steps, cfg.noise_level)
+    return grpo_update(
+        model,
+        torch.optim.AdamW(groups.optimizer_groups()),
+        groups,
+        batch,
+        scored.advantages,
+        scored.weights,
+        trainable,
+        sampler,
+        GRPOConfig(minibatches=1, epochs=2, kl_target=None),
+        1.0,
+        frozen_prefix(model, sel),
+        torch.Generator().manual_seed(1),
+    )
+
+
+def _grpo_rank(rank: int, port: int, state: dict, sel, cfg, batch, scored, out: str) -> None:
+    ctx = _join(rank, port)
+    model = tiny_runner().model
+    model.load_state_dict(state)
+    mine = np.zeros_like(scored.trainable)
+    mine[ctx.shard(np.flatnonzero(scored.trainable))] = True  # this rank's share of the trainable chunks
+    st = _grpo(model, apply_selective(model, sel), sel, cfg, batch, scored, mine)
+    torch.save({"state": model.state_dict(), "stats": st, "terms": int(mine.sum())}, f"{out}.{rank}")
+    ctx.close()
+
+
+def test_grpo_update_on_two_ranks_equals_one_process(tmp_path):
+    model, _, groups, cfg, batch, scored, sel = rollouts_for_update("expert")
+    assert scored.trainable.sum() >= 2
+    start = copy.deepcopy(model.state_dict())
+    with _one_thread():
+        single = _grpo(model, groups, sel, cfg, batch, scored, scored.trainable)
+    _spawn(_grpo_rank, start, sel, cfg, batch, scored, str(tmp_path / "grpo"))
+    ranks = [torch.load(tmp_path / f"grpo.{r}", weights_only=False) for r in range(WORLD)]
+    assert sum(r["terms"] for r in ranks) == scored.trainable.sum() and all(r["terms"] > 0 for r in ranks)
+    want = model.state_dict()
+    moved = max(float((want[k] - start[k]).abs().max()) for k in want)
+    assert moved > 1e-4  # the update did something
+    for r in ranks:
+        for k, v in want.items():
+            assert torch.allclose(r["state"][k], v, atol=1e-6, rtol=0), k
+        # the loss and the early-stop statistic are global numbers on every rank
+        for key in ("loss/policy", "approx_kl/k3"):
+            assert r["stats"][key] == pytest.approx(single[key], rel=1e-4, abs=1e-7)
+
+
+# ---------------------------------------------------------------- SFT
+
+
+def _sft_cfg(dataset: Path, out: Path) -> SFTConfig:
+    return SFTConfig(
+        dataset=str(dataset),
+        out=str(out),
+        steps=3,
+        batch_size=7,  # uneven shares (4 + 3): the weighting must still give the global mean
+        lr=1e-3,
+        warmup=1,
+        log_every=1,
+        ckpt_every=3,
+        threads=1,
+        augment=True,
+    )
+
+
+def _sft_rank(rank: int, port: int, dataset: str, out: str) -> None:
+    ctx = _join(rank, port)
+    run_sft(_sft_cfg(Path(dataset), Path(out)))
+    ctx.close()
+
+
+def test_sft_on_two_ranks_equals_one_process(tmp_path):
+    from z1.models.checkpoint import load_checkpoint
+    from z1.train.metrics import read_metrics
+
+    ds = write_dataset(tmp_path / "ds", episodes=2, length=10)
+    with _one_thread():
+        run_sft(_sft_cfg(ds, tmp_path / "one"))
+    _spawn(_sft_rank, str(ds), str(tmp_path / "two"))
+    one = load_checkpoint(tmp_path / "one" / "sft_ckpt").model.state_dict()
+    two = load_checkpoint(tmp_path / "two" / "sft_ckpt").model.state_dict()
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-6, rtol=0), k
+    m1 = read_metrics(tmp_path / "one" / "sft_metrics.jsonl")
+    m2 = read_metrics(tmp_path / "two" / "sft_metrics.jsonl")
+    assert len(m1) == len(m2) == 3  # rank 0 alone logs
+    assert [m["loss"] for m in m2] == pytest.approx([m["loss"] for m in m1], rel=1e-5)
+
+
+# ---------------------------------------------------------------- single process, no Ray
+
+
+def test_single_process_context_is_a_no_op():
+    ctx = DistContext()
+    assert ctx.is_main and not ctx.is_distributed and ctx.shard([1, 2, 3]) == [1, 2, 3]
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    stats = {"loss": 1.5}
+    assert allreduce_grads([p], 7.0, stats) is stats and torch.equal(p.grad, torch.full((3,), 2.0))
+    shares = [DistContext(rank=r, world_size=3).shard(list(range(7))) for r in range(3)]
+    assert shares == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def test_start_ray_without_ray_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(RayUnavailableError, match=r"pip install -e '\.\[ray\]'"):
+        start_ray("local")
+    with pytest.raises(ValueError, match="local"):
+        start_ray("cluster")  # type: ignore[arg-type]
+
+
+def test_cli_ray_fails_fast_without_ray(monkeypatch, tmp_path):
+    from z1.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(SystemExit, match=r"--ray local: .*pip install -e '\.\[ray\]'"):
+        main(["eval", "--checkpoint", str(tmp_path / "not-there"), "--ray", "local"])
