@@ -136,3 +136,27 @@ def test_kl_to_reference_enters_the_update():
     # enters the loss with weight beta (stats are means over the minibatches, so this is linear)
     assert out["loss/ref_kl"] > 0.0
     assert out["loss/total"] == pytest.approx(out["loss/policy"] + 0.1 * out["loss/ref_kl"], rel=1e-5)
+
+
+def test_ode_probe_measures_the_eval_policy_move():
+    from z1.models.sampling import sample_chunk
+    from z1.train.rl import ode_probe
+
+    model, runner, groups, cfg, batch, scored, sel = _setup("expert")
+    sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
+    before = ode_probe(model, batch, sampler, rows=5, seed=7)
+    assert before is not None and before.shape == (5, cfg.h_exec, sampler.d_exec)
+    # The probe is the ODE sampler on the stored prefixes from fixed noise: same numbers by hand.
+    n = batch.caches.batch_size
+    idx = torch.linspace(0, n - 1, 5).round().long()
+    noise = torch.randn(5, *batch.chains.shape[2:], generator=torch.Generator().manual_seed(7))
+    ode = runner.sampler("ode", cfg.num_steps)
+    ref = sample_chunk(model, batch.caches.index(idx), noise, ode).actions[:, : cfg.h_exec, : sampler.d_exec]
+    torch.testing.assert_close(before, ref)
+    assert torch.equal(before, ode_probe(model, batch, sampler, rows=5, seed=7))  # deterministic
+    with torch.no_grad():  # move the action expert: the eval-time actions move
+        for p in groups.params["expert"]:
+            p.add_(0.05 * torch.randn_like(p))
+    assert (ode_probe(model, batch, sampler, rows=5, seed=7) - before).abs().max() > 1e-3
+    no_cache = type(batch)(**{**batch.__dict__, "caches": None})
+    assert ode_probe(model, no_cache, sampler) is None

@@ -25,7 +25,7 @@ from z1.distributed.ddp import allreduce_grads
 from z1.evaluate import EvalConfig, eval_metrics, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
 from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
-from z1.models.sampling import exec_mask, recompute_logprob, time_grid
+from z1.models.sampling import exec_mask, recompute_logprob, sample_chunk, time_grid
 from z1.rl.grpo import (
     GRPOConfig,
     gaussian_kl,
@@ -118,6 +118,26 @@ def step_std(step_ids: torch.Tensor, sampler) -> torch.Tensor:
     t, t_next = grid[step_ids], grid[step_ids + 1]
     t_tilde = torch.where(t >= 1.0, grid[1], t)
     return sampler.noise_level * torch.sqrt(t / (1.0 - t_tilde)) * torch.sqrt(t - t_next)
+
+
+@torch.no_grad()
+def ode_probe(model, batch: RolloutBatch, sampler, rows: int = 64, seed: int = 0) -> torch.Tensor | None:
+    """Executed ODE actions of the policy on up to `rows` observations of `batch`, from fixed noise.
+
+    Run before and after an update, the difference is how far the update moved the deterministic
+    policy that evaluation uses (the PPO ratio only sees the stochastic denoise step).
+    Returns (rows, h_exec, d_exec) in normalized units, or None without stored prefix caches.
+    """
+    if batch.caches is None or batch.caches.batch_size == 0:
+        return None
+    n = batch.caches.batch_size
+    idx = torch.linspace(0, n - 1, min(rows, n)).round().long()  # (r,) spread over the batch
+    cache = batch.caches.index(idx)
+    h, a = batch.chains.shape[2], batch.chains.shape[3]
+    noise = torch.randn(idx.numel(), h, a, generator=torch.Generator().manual_seed(seed))  # (r, h, a)
+    ode = replace(sampler, mode="ode", noise_level=0.0)
+    x = sample_chunk(model, cache, noise, ode).actions  # (r, h, a)
+    return x[:, : sampler.h_exec, : sampler.d_exec]
 
 
 def grpo_update(
@@ -279,6 +299,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     runner, venv, plan, cfg.rollout, rng, generator, cmed, keep_caches=prefix_is_frozen
                 )
                 scored = score_batch(batch, cfg.reward, task_stats, cfg.advantage, flat)
+                before = ode_probe(model, batch, sampler)
                 model.train()
                 t0 = time.perf_counter()
                 upd = grpo_update(
@@ -298,6 +319,9 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                 )
                 t_update = time.perf_counter() - t0
                 model.eval()
+                after = ode_probe(model, batch, sampler)
+                if before is not None and after is not None:  # RMS move of the eval-time actions
+                    upd["update/ode_action_shift"] = float((after - before).pow(2).mean().sqrt())
                 cum_env += batch.stats["env_steps"]
                 cum_flat += batch.stats["env_steps_flat_equiv"]
                 metrics: dict[str, float] = {**scored.stats, **upd}
