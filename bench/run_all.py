@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py [--quick]
 
-Runs bench/policy.py, bench/envs.py, bench/sft.py, bench/rl.py and bench/distributed.py (when Ray is
+Runs bench/policy.py, bench/envs.py, bench/sft.py, bench/rl.py and bench/ray_envs.py (when Ray is
 installed) one after another (they are timed; running them side by side would distort every number),
 then collects bench/results/*.json into bench/results/SUMMARY.md. --quick shrinks the SFT/RL budgets.
 """
@@ -76,9 +76,9 @@ def main() -> None:
     try:
         import ray  # noqa: F401
 
-        steps.append(run([py, str(HERE / "distributed.py")]))
+        steps.append(run([py, str(HERE / "ray_envs.py")]))
     except ImportError:
-        print("ray is not installed: skipping bench/distributed.py (pip install -e '.[ray]')")
+        print("ray is not installed: skipping bench/ray_envs.py (pip install -e '.[ray]')")
 
     lines = ["# z1 benchmark summary", "", "Machine:", ""]
     lines += [f"- {k}: {v}" for k, v in machine().items()]

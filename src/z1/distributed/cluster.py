@@ -59,11 +59,14 @@ def start_ray(
     dashboard_host: str = "127.0.0.1",
     temp_dir: str | None = None,
     address: str | None = None,
+    worker_niceness: int = 0,
 ) -> RayInfo:
     """Connect this process to Ray (idempotent: an existing connection is reused).
 
     mode="local": start a single-machine cluster with `num_cpus` CPUs (default: this machine's), an
-    object store of `object_store_mb` MiB, the dashboard off unless `dashboard` (then on `dashboard_host`).
+    object store of `object_store_mb` MiB, the dashboard off unless `dashboard` (then on `dashboard_host`),
+    and workers at `worker_niceness` (Ray's default, 15, starves the env actors, which are the rollout's
+    workload, whenever anything else runs on the machine).
     mode="auto": join the cluster started with `ray start --head` (on this or another machine, found via
     `RAY_ADDRESS` or the local head's address file), or the explicit `address` ("host:port").
     """
@@ -85,6 +88,7 @@ def start_ray(
                 include_dashboard=dashboard,
                 dashboard_host=dashboard_host,
                 _temp_dir=temp_dir,
+                _system_config={"worker_niceness": worker_niceness},
                 **common,
             )
         else:

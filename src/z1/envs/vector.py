@@ -395,6 +395,8 @@ def _shutdown(procs: list[Any], conns: list[Any]) -> None:
         with contextlib.suppress(Exception):  # already dead
             conn.send(("close", ()))
     for p, conn in zip(procs, conns):
+        if p is None:  # never started (an earlier worker failed to start)
+            continue
         try:
             if conn.poll(10):
                 conn.recv()
