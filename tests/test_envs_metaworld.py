@@ -173,3 +173,23 @@ def test_bad_input(blind):
         blind.restore({"sim": np.zeros(3)})
     with pytest.raises(EnvError, match="camera"):
         MetaWorldEnv(cameras=("scene", "left"))
+
+
+def test_task_cache_is_bounded_and_evicted_tasks_come_back_identical():
+    env = MetaWorldEnv(image_size=(32, 32), max_cached_tasks=2)
+    try:
+        a, b, c = MW_QUICK_TASKS[:3]
+        first = env.reset(a, 5)
+        env.reset(b, 5)
+        env.reset(a, 6)  # a becomes the most recently used
+        env.reset(c, 5)  # evicts b, the least recently used
+        assert env.cached_tasks == [a, c]
+        again = env.reset(a, 5)  # cached, reseeded
+        assert np.array_equal(first.state, again.state)
+        assert all(np.array_equal(first.images[k], again.images[k]) for k in first.images)
+        env.reset(b, 5)  # rebuilt after eviction
+        assert env.cached_tasks == [a, b]
+    finally:
+        env.close()
+    with pytest.raises(EnvError, match="max_cached_tasks"):
+        MetaWorldEnv(max_cached_tasks=0)

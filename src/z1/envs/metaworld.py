@@ -234,7 +234,13 @@ class MetaWorldEnv:
         cameras: Sequence[str] = ("scene", "wrist"),
         camera_names: Mapping[str, str] | None = None,
         render: bool = True,
+        max_cached_tasks: int = 4,
     ) -> None:
+        if max_cached_tasks < 1:
+            raise EnvError(f"metaworld: max_cached_tasks must be >= 1, got {max_cached_tasks}")
+        # Each task's env costs ~160 MB (model, data, GL context); an env slot that visits many tasks
+        # keeps only the most recently used ones (MT50 x 16 slots would otherwise need ~128 GB).
+        self._max_cached_tasks = max_cached_tasks
         names = dict(DEFAULT_CAMERA_NAMES)
         names.update(camera_names or {})
         for cam in cameras:
@@ -313,12 +319,13 @@ class MetaWorldEnv:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise EnvError(f"metaworld: seed must be a non-negative int, got {seed!r}")
         seed = int(seed)
-        entry = self._tasks.get(task)
+        entry = self._tasks.pop(task, None)
         if entry is None:
+            self._evict(keep=self._max_cached_tasks - 1)
             entry = _Task(task, seed)
-            self._tasks[task] = entry
         else:
             entry.reseed(seed)
+        self._tasks[task] = entry  # most recently used last
         obs, _ = entry.env.reset()
         self._cur = entry
         self._seed = seed
@@ -454,6 +461,23 @@ class MetaWorldEnv:
         self._t = snapshot.t
         self._latched = snapshot.success_latched
         self._raw_obs = snapshot.raw_obs.copy()
+
+    def _evict(self, keep: int) -> None:
+        """Close the least recently used task envs until at most `keep` remain."""
+        while len(self._tasks) > keep:
+            name = next(iter(self._tasks))
+            entry = self._tasks.pop(name)
+            if entry is self._cur:
+                self._cur = None
+            if self._renderer is not None:
+                self._renderer.forget(entry.env.model)
+            self._camera_ids.pop(name, None)
+            entry.env.close()
+
+    @property
+    def cached_tasks(self) -> list[str]:
+        """Tasks whose envs are kept, least recently used first."""
+        return list(self._tasks)
 
     def close(self) -> None:
         if self._renderer is not None:
