@@ -1,4 +1,4 @@
-"""Rollouts that survive dying env hosts, and Ray env actors that collect what the in-process env does.
+"""Rollouts and evaluations that survive dying env hosts; Ray env actors collect what the in-process env does.
 
 A wave whose env host dies is dropped and collected again from the same RNG states, so a disturbed
 collection equals an undisturbed one exactly: every group once, no leftover records, same episodes.
@@ -101,6 +101,21 @@ def test_failed_waves_are_dropped_and_collected_again(runner):
 def test_retries_are_bounded(runner):
     with pytest.raises(EnvWorkerError, match="failed 3 times; last error: env worker 1 died"):
         _collect(runner, FlakyVectorEnv(16, always=True), FAKE_CFG, FAKE_GROUPS, retries=2)
+
+
+def test_evaluation_reruns_the_episodes_in_flight(runner):
+    from z1.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(episodes_per_task=3, num_steps=2, max_steps=12, videos_per_task=2)
+    clean = evaluate(runner, FakeVectorEnv(4), ["a", "b"], cfg)
+    got = evaluate(runner, FlakyVectorEnv(4, fail_at={2, 5, 6}), ["a", "b"], cfg)
+    assert got.to_json() == clean.to_json()
+    for t in ("a", "b"):
+        assert len(got.frames[t]) == 2
+        for fa, fb in zip(got.frames[t], clean.frames[t]):
+            assert len(fa) == len(fb) and all(np.array_equal(x, y) for x, y in zip(fa, fb))
+    with pytest.raises(EnvWorkerError, match="died 3 times in a row"):
+        evaluate(runner, FlakyVectorEnv(4, always=True), ["a"], cfg, max_retries=2)
 
 
 # ---------------------------------------------------------------- Meta-World: process and Ray hosts

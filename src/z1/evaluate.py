@@ -4,6 +4,9 @@ Episodes are spread over the env slots of a vector env; the policy is batched ov
 need an action. Success is latched (Meta-World's protocol: success at any step) and an episode stops
 at its first success or at the time limit. Results are per-task success with a Wilson 95% interval
 and the mean episode length, printed as a markdown table and written as JSON.
+
+When an env host dies (`EnvWorkerError`), the episodes in flight are dropped and run again from their
+start; an episode's noise comes from its own seed, so the result is the undisturbed run's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from z1.envs.vector import EnvWorkerError
 from z1.rollout.runner import PolicyRunner
 
 EVAL_SEED_BASE = 100_000  # eval seeds never overlap demonstration (0..) or RL training seeds (10_000..)
@@ -69,8 +73,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def evaluate(runner: PolicyRunner, venv, tasks: list[str], cfg: EvalConfig, progress=None) -> EvalResult:
-    """Run `cfg.episodes_per_task` episodes per task over the slots of `venv` (a VectorEnv)."""
+def evaluate(
+    runner: PolicyRunner, venv, tasks: list[str], cfg: EvalConfig, progress=None, max_retries: int = 3
+) -> EvalResult:
+    """Run `cfg.episodes_per_task` episodes per task over the slots of `venv` (a VectorEnv); in-flight
+    episodes are re-run when an env host dies, up to `max_retries` times in a row."""
     queue = deque((task, cfg.seed_base + i) for task in tasks for i in range(cfg.episodes_per_task))
     total = len(queue)
     max_steps = cfg.max_steps or runner.spec.max_steps
@@ -85,50 +92,75 @@ def evaluate(runner: PolicyRunner, venv, tasks: list[str], cfg: EvalConfig, prog
 
     def start(slot: int) -> None:
         task, seed = queue.popleft()
-        (ob,) = venv.reset([slot], [task], [seed])
+        try:
+            (ob,) = venv.reset([slot], [task], [seed])
+        except EnvWorkerError:
+            queue.appendleft((task, seed))
+            raise
         record = cfg.videos_per_task > 0 and len(frames[task]) < cfg.videos_per_task
         # The ODE is deterministic given its initial noise; each episode draws that noise from its own
         # generator, so results do not depend on which slot or batch the episode ran in.
         gen = torch.Generator().manual_seed(seed)
         ep = {"task": task, "seed": seed, "t": 0, "frames": [] if record else None, "gen": gen}
+        ep["order"] = total - len(queue)  # position in the episode list
         if record:
             frames[task].append(ep["frames"])
             ep["frames"].append(_frame(ob))
         active[slot] = ep
         obs[slot] = ob
 
-    for slot in range(min(venv.num_slots, total)):
-        start(slot)
-    while active:
-        slots = sorted(active)
-        h, a = runner.model.config.action_horizon, runner.model.config.action_dim
-        noise = torch.stack([torch.randn((h, a), generator=active[s]["gen"]) for s in slots])  # (b, h, a)
-        acted = runner.act([obs[s] for s in slots], sampler, noise=noise)
-        results = venv.run_chunks(
-            {
-                s: acted.env_actions[i][: max(1, min(runner.h_exec, max_steps - active[s]["t"]))]
-                for i, s in enumerate(slots)
-            },
-            stop_on_success=True,
-            observe=True,
-        )
+    def drop_in_flight() -> None:
+        """Put the unfinished episodes back at the front of the queue, in the order they started."""
+        for s in sorted(active, key=lambda s: active[s]["order"], reverse=True):
+            ep = active.pop(s)
+            queue.appendleft((ep["task"], ep["seed"]))
+            if ep["frames"] is not None:
+                frames[ep["task"]] = [f for f in frames[ep["task"]] if f is not ep["frames"]]
+
+    failures = 0
+    while True:
+        try:
+            for slot in range(venv.num_slots):  # a free slot takes the next queued episode
+                if slot not in active and queue:
+                    start(slot)
+            if not active:
+                break
+            slots = sorted(active)
+            h, a = runner.model.config.action_horizon, runner.model.config.action_dim
+            noise = torch.stack([torch.randn((h, a), generator=active[s]["gen"]) for s in slots])  # (b, h, a)
+            acted = runner.act([obs[s] for s in slots], sampler, noise=noise)
+            results = venv.run_chunks(
+                {
+                    s: acted.env_actions[i][: max(1, min(runner.h_exec, max_steps - active[s]["t"]))]
+                    for i, s in enumerate(slots)
+                },
+                stop_on_success=True,
+                observe=True,
+            )
+        except EnvWorkerError as e:
+            failures += 1
+            if failures > max_retries:
+                raise EnvWorkerError(
+                    f"evaluation: env hosts died {failures} times in a row; last: {e}"
+                ) from e
+            drop_in_flight()
+            continue
+        failures = 0
         for s in slots:
             r = results[s]
             ep = active[s]
             ep["t"] += r.steps
-            env_steps += r.steps
             obs[s] = r.observation
             if ep["frames"] is not None and r.observation is not None:
                 ep["frames"].append(_frame(r.observation))
             if r.success or r.done or ep["t"] >= max_steps:
                 lengths[ep["task"]].append(ep["t"])
+                env_steps += ep["t"]  # finished episodes only (a re-run one counts once)
                 flags[ep["task"]].append(bool(r.success))
                 del active[s]
                 done_count += 1
                 if progress is not None:
                     progress(done_count, total)
-                if queue:
-                    start(s)
     results_by_task: dict[str, TaskResult] = {}
     for t in tasks:
         n = len(flags[t])
