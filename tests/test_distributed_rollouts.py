@@ -188,12 +188,14 @@ def test_ray_clone_across_actors_and_errors(ray_venv):
 
 
 @pytest.mark.sim
-def test_ray_actor_killed_mid_collection_is_survived(runner, reference, ray_venv):
+@pytest.mark.parametrize("for_good", [False, True], ids=["restarted-by-ray", "replaced"])
+def test_ray_actor_killed_mid_collection_is_survived(runner, reference, ray_venv, for_good):
+    """Ray restarts a killed actor; one killed for good (as when its restarts are used up) is replaced."""
     import ray
 
     before = ray_venv.restarts
     pids = ray_venv.pids()
-    kill = _kill_once(lambda: ray.kill(ray_venv.actors[1], no_restart=False))
+    kill = _kill_once(lambda: ray.kill(ray_venv.actors[1], no_restart=for_good))
     got = _collect(runner, ray_venv, MW_CFG, MW_GROUPS, progress=kill)
     assert ray_venv.restarts == before + 1
     assert got.stats["env_restarts"] == 1 and got.stats["waves_retried"] >= 1

@@ -14,7 +14,9 @@ unlimited task retries, so a call that was in flight (or issued while the actor 
 new incarnation. Each incarnation carries an id and every call names the id it expects: the restarted
 actor refuses calls meant for its predecessor (nothing runs on its fresh, un-reset envs), and the caller
 raises `EnvWorkerError` naming the lost slots (task, seed); those slots must be reset again (the
-collector re-runs the wave). `restarts` counts the restarts seen, so a run can log it.
+collector re-runs the wave). An actor Ray will not bring back (restarts used up, killed for good, its
+node lost) fails its calls with `RayActorError`: it is replaced by a new actor, with the same error.
+`restarts` counts the restarts and replacements seen, so a run can log it.
 """
 
 from __future__ import annotations
@@ -125,10 +127,9 @@ class RayVectorEnv(_Hosted):
             max_task_retries=-1,  # re-sent to the restarted actor, which refuses it (incarnation check)
             runtime_env={"env_vars": env_vars},
         )
-        self._actors = [
-            actor_cls.remote(suite, self._worker_slots(a), env_kwargs, gl) for a in range(self.num_workers)
-        ]
-        self._finalizer = weakref.finalize(self, _kill_actors, ray, list(self._actors))
+        self._new_actor = lambda a: actor_cls.remote(suite, self._worker_slots(a), env_kwargs, gl)
+        self._actors = [self._new_actor(a) for a in range(self.num_workers)]
+        self._finalizer = weakref.finalize(self, _kill_actors, ray, self._actors)  # sees replacements
         self._incarnation: list[str | None] = [None] * self.num_workers
         self._stale = [False] * self.num_workers  # lost an actor: accept (and adopt) its next incarnation
         try:
@@ -176,8 +177,11 @@ class RayVectorEnv(_Hosted):
             for w, ref in refs.items():
                 try:
                     replies[w] = ray.get(ref)
-                except ray.exceptions.RayActorError as e:
+                except ray.exceptions.RayActorError as e:  # gone for good: replace it
                     errors.append(self._lost(w, what, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+                    with contextlib.suppress(Exception):
+                        ray.kill(self._actors[w], no_restart=True)
+                    self._actors[w] = self._new_actor(w)
                 except Exception as e:  # an error raised by the env itself (EnvError, ...)
                     errors.append(e)
         out: dict[int, Any] = {}
@@ -202,8 +206,8 @@ class RayVectorEnv(_Hosted):
         desc = self._forget_worker(w)
         self._stale[w] = True
         return EnvWorkerError(
-            f"env actor {w} failed during {what} ({cause}); it hosted {desc}. Ray restarts it (max_restarts="
-            f"{self.max_restarts}): reset those slots before using them again."
+            f"env actor {w} failed during {what} ({cause}); it hosted {desc}. It was restarted: reset those "
+            "slots before using them again."
         )
 
     def close(self) -> None:
