@@ -22,7 +22,7 @@ FAKE_GROUPS = [("a", 1), ("b", 2), ("a", 3)]  # 16 slots: two waves
 
 MW_KW = {"image_size": (32, 32)}
 MW_CFG = RolloutConfig(
-    group_size=4, trunks=2, branch_factor=2, branch_at=1, h_exec=4, num_steps=2, max_steps=12
+    group_size=4, trunks=2, branch_factor=2, branch_at=1, h_exec=4, num_steps=2, max_steps=8
 )
 MW_GROUPS = [("reach-v3", 1), ("push-v3", 2), ("reach-v3", 3)]  # 8 slots: two waves
 
