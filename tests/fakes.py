@@ -7,6 +7,7 @@ Images encode the position, so identical states give bit-identical observations.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 
@@ -117,3 +118,24 @@ class FakeVectorEnv:
 
     def close(self) -> None:
         pass
+
+
+def tiny_sentencepiece(directory: Path, vocab_size: int = 40) -> Path:
+    """Train a small SentencePiece model (pi0.5-style ids: pad 0, eos 1, bos 2, unk 3); returns its path."""
+    import sentencepiece as spm
+
+    corpus = directory / "spm_corpus.txt"
+    lines = ["Task: pick up the red cube, State: 1 2 3;", "Action: open the drawer", "close the door now"]
+    corpus.write_text("\n".join(lines * 30))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(directory / "sp"),
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        minloglevel=2,
+    )
+    return directory / "sp.model"

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 import z1.models.checkpoint as ck
+from fakes import tiny_sentencepiece
 from z1.config import GemmaConfig, PolicyConfig, VisionConfig, policy_preset
 from z1.models.pi05 import Pi05Policy, PolicyInputs
 from z1.models.pi05_keys import z1_to_openpi
@@ -280,9 +281,20 @@ def test_import_lerobot_layout_and_save(tmp_path):
         assert np.array_equal(got.norm.action.q01, f.get_tensor("action.q01").numpy())
         assert np.array_equal(got.norm.state.std, f.get_tensor("observation.state.std").numpy())
     # import -> z1 checkpoint -> load: identical
-    ck.import_cli(tmp_path / "lr", tmp_path / "z1", show_progress=False)
+    with pytest.raises(ck.CheckpointError, match="--tokenizer"):  # SentencePiece config, no tokenizer file
+        ck.import_cli(tmp_path / "lr", tmp_path / "z1", show_progress=False)
+    assert not (tmp_path / "z1").exists()
+    pytest.importorskip("sentencepiece")
+    sp = tiny_sentencepiece(tmp_path)
+    ck.import_cli(tmp_path / "lr", tmp_path / "z1", tokenizer=sp, show_progress=False)
     back = ck.load_checkpoint(tmp_path / "z1")
     assert back.config == cfg and back.extra["real_action_dim"] == 7
+    # the tokenizer travels with the checkpoint: every later stage tokenizes the same way
+    assert back.tokenizer_path == tmp_path / "z1" / "tokenizer.model"
+    assert back.tokenizer_path.read_bytes() == sp.read_bytes()
+    ck.save_checkpoint(tmp_path / "again", back.model, back.norm, back.extra, tokenizer=back.tokenizer_path)
+    assert ck.load_checkpoint(tmp_path / "again").tokenizer_path.read_bytes() == sp.read_bytes()
+    assert ck.load_checkpoint(tmp_path / "again").tokenizer_path.parent == tmp_path / "again"
     assert all(
         torch.equal(a, b) for a, b in zip(back.model.state_dict().values(), got.model.state_dict().values())
     )

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from fakes import tiny_sentencepiece
 from z1.config import policy_preset
 from z1.models import tokenizer as tokenizer_module
 from z1.models.tokenizer import (
@@ -138,27 +139,10 @@ def test_make_tokenizer_and_sentencepiece(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         SentencePieceTokenizer(tmp_path / "nope.model")
     spm = pytest.importorskip("sentencepiece")
-    corpus = tmp_path / "c.txt"
-    lines = [
-        "Task: pick up the red cube, State: 1 2 3;",
-        "Action: open the drawer",
-        "close the door now",
-    ] * 30
-    corpus.write_text("\n".join(lines))
-    spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(tmp_path / "sp"),
-        vocab_size=40,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        minloglevel=2,
-    )
+    model_file = tiny_sentencepiece(tmp_path)
     cfg = policy_preset("pi05").with_(vocab_size=64)
-    tok = make_tokenizer(cfg, tmp_path / "sp.model")
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    tok = make_tokenizer(cfg, model_file)
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
     assert (
         isinstance(tok, SentencePieceTokenizer) and tok.vocab_size == sp.get_piece_size() and tok.bos_id == 2
     )
@@ -166,4 +150,4 @@ def test_make_tokenizer_and_sentencepiece(tmp_path):
     want = [2, *sp.encode("Task: pick up the red cube, State: 0 128;\nAction: ")]
     assert ids[: len(want)].tolist() == want and mask.sum() == len(want)
     with pytest.raises(ValueError, match="embedding"):
-        make_tokenizer(cfg.with_(vocab_size=10), tmp_path / "sp.model")
+        make_tokenizer(cfg.with_(vocab_size=10), model_file)

@@ -109,6 +109,8 @@ class ImportCmd:
     """Action horizon, if the source's config does not say (openpi files)."""
     norm_stats: str | None = None
     """Explicit norm_stats.json (openpi assets/<id>/norm_stats.json)."""
+    tokenizer: str | None = None
+    """PaliGemma's SentencePiece tokenizer.model (needed by real pi0.5; stored in the checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,9 @@ def _cmd_eval(c: EvalCmd) -> None:
         suite_for(c.tasks, c.suite), c.num_slots, c.workers, loaded.model.config.vision.image_size, c.ray
     )
     try:
-        runner = build_runner(loaded.model, loaded.norm, venv.spec, c.h_exec)
+        runner = build_runner(
+            loaded.model, loaded.norm, venv.spec, c.h_exec, tokenizer_path=loaded.tokenizer_path
+        )
         cfg = EvalConfig(
             episodes_per_task=c.episodes,
             num_steps=c.num_steps,
@@ -232,14 +236,16 @@ def _cmd_report(c: ReportCmd) -> None:
 def _cmd_import(c: ImportCmd) -> None:
     from pathlib import Path
 
-    from z1.models.checkpoint import import_pi05, save_checkpoint
+    from z1.models.checkpoint import import_cli
 
     _process_setup(None)
-    loaded = import_pi05(
-        Path(c.src), action_horizon=c.action_horizon, norm_stats=Path(c.norm_stats) if c.norm_stats else None
+    import_cli(
+        Path(c.src),
+        Path(c.dst),
+        action_horizon=c.action_horizon,
+        norm_stats=Path(c.norm_stats) if c.norm_stats else None,
+        tokenizer=c.tokenizer,
     )
-    save_checkpoint(Path(c.dst), loaded.model, loaded.norm, extra={**loaded.extra, "imported_from": c.src})
-    print(f"wrote {c.dst}")
 
 
 def _cmd_envs(c) -> None:

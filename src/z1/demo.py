@@ -123,7 +123,9 @@ def _eval_stage(ckpt: Path, tasks: list[str], b: DemoBudget, cfg: DemoConfig, ru
         loaded.model.config.vision.image_size,
     )
     try:
-        runner = build_runner(loaded.model, loaded.norm, venv.spec, b.h_exec)
+        runner = build_runner(
+            loaded.model, loaded.norm, venv.spec, b.h_exec, tokenizer_path=loaded.tokenizer_path
+        )
         ecfg = EvalConfig(
             episodes_per_task=b.eval_episodes, num_steps=b.num_steps, max_steps=b.max_steps, videos_per_task=1
         )

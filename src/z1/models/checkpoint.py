@@ -48,6 +48,7 @@ from z1.types import FeatureStats, Normalization
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 NORM_FILE = "norm_stats.json"
+TOKENIZER_FILE = "tokenizer.model"
 EXTRA_FILE = "extra.json"
 TRAIN_TENSORS = "train_state.safetensors"
 TRAIN_JSON = "train_state.json"
@@ -65,6 +66,8 @@ class LoadedCheckpoint:
     config: PolicyConfig
     norm: Normalization | None
     extra: dict[str, Any]
+    tokenizer_path: Path | None = None
+    """The SentencePiece file stored with the checkpoint (real pi0.5 needs it), or None."""
 
 
 # ------------------------------------------------------------------------------------ config JSON
@@ -193,8 +196,13 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     *,
     train_state: TrainStateSpec | None = None,
+    tokenizer: str | Path | None = None,
 ) -> Path:
     """Write a z1 checkpoint directory atomically. Returns its path.
+
+    `tokenizer` (a SentencePiece file) is copied in as `tokenizer.model`, so every stage that loads the
+    checkpoint (SFT, RL, eval) tokenizes prompts the way the checkpoint was trained; pass
+    `loaded.tokenizer_path` along when re-saving a loaded checkpoint.
 
     With `train_state`, the optimizer/RNG state goes into the subdirectory `train_state.subdir` of the same
     directory in the same atomic rename, so the weights and the resume state can never disagree (a crash
@@ -202,8 +210,12 @@ def save_checkpoint(
     back with `load_train_state(path / subdir, optimizer, ...)`.
     """
     config: PolicyConfig = model.config
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise CheckpointError(f"tokenizer file not found: {tokenizer}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(path) as tmp:
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "z1_version": z1.__version__})
         _write_json(
             tmp / CONFIG_FILE,
@@ -254,7 +266,10 @@ def load_checkpoint(
         keys = list(f.keys())
         source = {k: k for k in keys}
         model = _materialize(config, f, source, map_location, dtype, what=str(p / MODEL_FILE))
-    return LoadedCheckpoint(model=model, config=config, norm=norm, extra=extra)
+    tok = p / TOKENIZER_FILE
+    return LoadedCheckpoint(
+        model=model, config=config, norm=norm, extra=extra, tokenizer_path=tok if tok.is_file() else None
+    )
 
 
 def _materialize(
@@ -835,10 +850,15 @@ def import_cli(
     *,
     action_horizon: int | None = None,
     norm_stats: str | Path | None = None,
+    tokenizer: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
     show_progress: bool = True,
 ) -> LoadedCheckpoint:
-    """`z1 import`: import a pi0.5 checkpoint and save it as a z1 checkpoint, with a progress bar."""
+    """`z1 import`: import a pi0.5 checkpoint and save it as a z1 checkpoint, with a progress bar.
+
+    `tokenizer`: PaliGemma's SentencePiece `tokenizer.model`, stored in the checkpoint (real pi0.5
+    configs tokenize with it; without it the checkpoint could not act).
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -860,8 +880,18 @@ def import_cli(
         ck = import_pi05(
             src, action_horizon=action_horizon, norm_stats=norm_stats, dtype=dtype, progress=step
         )
+        if ck.config.tokenizer == "sentencepiece":
+            if tokenizer is None:
+                raise CheckpointError(
+                    f"{src}: this pi0.5 tokenizes prompts with SentencePiece; pass --tokenizer PATH to "
+                    "PaliGemma's tokenizer.model (openpi caches it at "
+                    "~/.cache/openpi/big_vision/paligemma_tokenizer.model)"
+                )
+            from z1.models.tokenizer import make_tokenizer
+
+            make_tokenizer(ck.config, tokenizer)  # fails now, naming the file, if it does not fit the model
         bar.update(task, description=f"saving {dst}")
-        save_checkpoint(dst, ck.model, ck.norm, ck.extra)
+        save_checkpoint(dst, ck.model, ck.norm, {**ck.extra, "imported_from": str(src)}, tokenizer=tokenizer)
     n = sum(t.numel() for t in ck.model.parameters())
     console.print(
         f"imported {ck.extra['source']} pi0.5 ({n:,} params, config {ck.config.name!r}, horizon "

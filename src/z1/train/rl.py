@@ -263,7 +263,14 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
         suite_for(cfg.tasks, cfg.suite), cfg.num_slots, cfg.workers, cfg.image_size, ray=cfg.ray
     )
     try:
-        runner = build_runner(model, loaded.norm, venv.spec, cfg.rollout.h_exec, cfg.rollout.share_prefix)
+        runner = build_runner(
+            model,
+            loaded.norm,
+            venv.spec,
+            cfg.rollout.h_exec,
+            cfg.rollout.share_prefix,
+            tokenizer_path=loaded.tokenizer_path,
+        )
         sampler = runner.sampler(
             "sde", cfg.rollout.num_steps, cfg.rollout.noise_level, cfg.rollout.stochastic, cfg.rollout.window
         )
@@ -360,7 +367,8 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     numpy_rngs={"main": rng},
                 )
                 extra = {**(loaded.extra or {}), "stage": "rl", "iteration": it}
-                save_checkpoint(ckpt_dir, model, loaded.norm, extra=extra, train_state=spec)
+                tok = loaded.tokenizer_path
+                save_checkpoint(ckpt_dir, model, loaded.norm, extra=extra, train_state=spec, tokenizer=tok)
                 done_iters = it + 1
                 progress.update(
                     it_task,

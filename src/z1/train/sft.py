@@ -148,7 +148,9 @@ class SFTData:
         return inputs, torch.as_tensor(b["actions"]), torch.as_tensor(b["action_mask"])
 
 
-def _periodic_eval(model: Pi05Policy, norm, cfg: SFTConfig, console) -> dict[str, float]:
+def _periodic_eval(
+    model: Pi05Policy, norm, cfg: SFTConfig, console, tokenizer: Path | None
+) -> dict[str, float]:
     from z1.evaluate import EvalConfig, eval_metrics, evaluate
     from z1.train.setup import build_runner, make_vector_env, resolve_tasks, suite_for
 
@@ -159,7 +161,9 @@ def _periodic_eval(model: Pi05Policy, norm, cfg: SFTConfig, console) -> dict[str
         suite_for(cfg.eval_tasks), max(2, 2 * len(tasks)), 2, model.config.vision.image_size, ray=cfg.ray
     )
     try:
-        runner = build_runner(model, norm, venv.spec, h_exec=max(1, model.config.action_horizon // 2))
+        runner = build_runner(
+            model, norm, venv.spec, h_exec=max(1, model.config.action_horizon // 2), tokenizer_path=tokenizer
+        )
         res = evaluate(runner, venv, tasks, EvalConfig(episodes_per_task=cfg.eval_episodes, num_steps=5))
     finally:
         venv.close()
@@ -177,9 +181,10 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     ckpt_dir = out / "sft_ckpt"
     resume = cfg.resume and (ckpt_dir / "model.safetensors").exists()
     ds = open_dataset(Path(cfg.dataset))
+    tokenizer: Path | None = None  # a SentencePiece file stored with the checkpoint we start from
     if resume:
         loaded = load_checkpoint(ckpt_dir)
-        model, norm = loaded.model, loaded.norm
+        model, norm, tokenizer = loaded.model, loaded.norm, loaded.tokenizer_path
         expected = load_checkpoint(Path(cfg.init)).config.name if cfg.init else cfg.preset
         if model.config.name != expected:
             raise ConfigError(
@@ -189,6 +194,7 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     elif cfg.init:
         loaded = load_checkpoint(Path(cfg.init))
         model, norm = loaded.model, loaded.norm or normalization_from_dataset(ds, cfg.norm)
+        tokenizer = loaded.tokenizer_path
     else:
         torch.manual_seed(cfg.seed)
         model = Pi05Policy(policy_preset(cfg.preset))
@@ -197,7 +203,7 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     pc = model.config
     check_compatible(ds, cameras=pc.cameras, state_dim=None, action_dim=None, max_action_dim=pc.action_dim)
     chunks = ChunkDataset(ds, pc.action_horizon, pc.action_dim, norm, pc.cameras)
-    data = SFTData(chunks, make_tokenizer(pc, None), pc.max_token_len, pc.vision.image_size)
+    data = SFTData(chunks, make_tokenizer(pc, tokenizer), pc.max_token_len, pc.vision.image_size)
 
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -235,7 +241,7 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
             tensors.update({f"raw.{k}": v for k, v in raw.items()})
             ema.copy_to(model)
         spec = TrainStateSpec(optimizer, tensors, {"step": step}, torch_generators={"batches": generator})
-        save_checkpoint(ckpt_dir, model, norm, extra=extra, train_state=spec)
+        save_checkpoint(ckpt_dir, model, norm, extra=extra, train_state=spec, tokenizer=tokenizer)
         if raw is not None:
             model.load_state_dict(raw)
 
@@ -294,7 +300,7 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
             if ctx.is_main and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps or stopping):
                 save(step + 1)
             if logger is not None and cfg.eval_every and cfg.eval_tasks and (step + 1) % cfg.eval_every == 0:
-                logger.log(step + 1, _periodic_eval(model, norm, cfg, console))
+                logger.log(step + 1, _periodic_eval(model, norm, cfg, console, tokenizer))
                 model.train()
             progress.update(task, advance=1)
             if stopping:
