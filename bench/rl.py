@@ -32,6 +32,12 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=20.0, help="GRPO wall-clock budget per tree run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--flat", action="store_true", help="also run flat GRPO (seed 0) for comparison")
+    ap.add_argument(
+        "--flat-iterations",
+        type=int,
+        default=None,
+        help="run only flat GRPO for this many iterations (the count of an earlier tree run), e.g. beside it",
+    )
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     ap.add_argument("--reward", default="D4", choices=["D0", "D1", "D4"])
@@ -39,6 +45,12 @@ def main() -> None:
     ap.add_argument("--noise-level", type=float, default=None, help="override the Flow-SDE noise level a")
     ap.add_argument(
         "--stochastic", default=None, choices=["single", "window", "all"], help="override the SDE step set"
+    )
+    ap.add_argument("--iterations", type=int, default=None, help="stop tree runs after N iterations")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue tree runs from their checkpoints (up to --iterations)",
     )
     ap.add_argument("--tag", default="", help="suffix of the run names (runs/bench-rl-tree-s0<tag>)")
     ap.add_argument(
@@ -87,18 +99,13 @@ def main() -> None:
     if args.stochastic is not None:
         base = replace(base, rollout=replace(base.rollout, stochastic=args.stochastic))
 
-    # Runs accumulate across invocations (a sweep is several commands); each row names its settings.
     runs: dict[str, dict] = {}
-    if (RESULTS / "rl.json").exists():
-        earlier = json.loads((RESULTS / "rl.json").read_text())["runs"]
-        runs = {k: v for k, v in earlier.items() if "settings" in v}
 
     def one(name: str, cfg, train: bool = True) -> dict:
         out = Path("runs") / f"bench-rl-{name}"
         if train:
-            for f in ("rl_metrics.jsonl",):
-                if (out / f).exists():
-                    (out / f).unlink()
+            if not cfg.resume and (out / "rl_metrics.jsonl").exists():
+                (out / "rl_metrics.jsonl").unlink()
             t0 = time.perf_counter()
             summary = run_rl(replace(cfg, out=str(out)), console)
             wall = time.perf_counter() - t0
@@ -120,6 +127,7 @@ def main() -> None:
             },
             "iterations": summary["iterations"],
             "wall_min": wall / 60,
+            "train_min": sum(m.get("time/rollout", 0) + m.get("time/update", 0) for m in metrics) / 60,
             "env_steps": summary["env_steps"],
             "env_steps_flat_equiv": summary["env_steps_flat_equiv"],
             "eval_average": summary["eval"]["average"],
@@ -141,10 +149,12 @@ def main() -> None:
     if args.report_only:
         for name in args.report_only:
             one(name, base, train=False)
-    for seed in [] if args.report_only else args.seeds:
-        one(f"tree-s{seed}{args.tag}", replace(base, seed=seed, max_minutes=args.minutes))
-    if args.flat and not args.report_only:
-        iters = runs[f"tree-s{args.seeds[0]}{args.tag}"]["iterations"]
+    for seed in [] if args.report_only or args.flat_iterations else args.seeds:
+        iters = {"iterations": args.iterations} if args.iterations else {}
+        cfg = replace(base, seed=seed, max_minutes=args.minutes, resume=args.resume, **iters)
+        one(f"tree-s{seed}{args.tag}", cfg)
+    if (args.flat or args.flat_iterations) and not args.report_only:
+        iters = args.flat_iterations or runs[f"tree-s{args.seeds[0]}{args.tag}"]["iterations"]
         flat_cfg = replace(
             base,
             seed=args.seeds[0],
@@ -154,6 +164,11 @@ def main() -> None:
         )
         one(f"flat{args.tag}", flat_cfg)
 
+    # Runs accumulate across invocations (a sweep is several commands, maybe side by side): merge with
+    # what is on disk now; each row names its settings.
+    if (RESULTS / "rl.json").exists():
+        earlier = json.loads((RESULTS / "rl.json").read_text())["runs"]
+        runs = {**{k: v for k, v in earlier.items() if "settings" in v}, **runs}
     sft_avg = sft_eval["average"]
     out = {
         "sft_eval_average": sft_avg,
@@ -171,13 +186,14 @@ def main() -> None:
         "",
         f"SFT average success: {100 * sft_avg:.1f}% ({args.eval_episodes} episodes/task, ODE).",
         "",
-        "| run | settings | iterations | wall | env steps | flat-equivalent | eval success | delta vs SFT "
-        "| signal groups (D4 / D0) |",
+        "| run | settings | iterations | training time | env steps | flat-equivalent | eval success "
+        "| delta vs SFT | signal groups (D4 / D0) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in runs.items():
         lines.append(
-            f"| {k} | {_settings(v['settings'])} | {v['iterations']} | {v['wall_min']:.1f} min "
+            f"| {k} | {_settings(v['settings'])} | {v['iterations']} "
+            f"| {v.get('train_min', v['wall_min']):.1f} min "
             f"| {int(v['env_steps'])} "
             f"| {int(v['env_steps_flat_equiv'])} | {100 * v['eval_average']:.1f}% "
             f"| {out['delta_points'][k]:+.1f} | {v['signal_frac']:.2f} / {v['signal_frac_D0']:.2f} |"
