@@ -13,7 +13,8 @@ all of them alike; the table reports medians over the blocks and ratios to the i
 - per-call overhead: one cheap batched call (`_Slots.spec` on every host, gathered) and a bare Ray
   no-op round trip, against the cost of one env step.
 
-Results go to bench/results/ray_envs.json and ray_envs.md.
+Every host stays alive through the run (8 Meta-World slots each, 4 hosts): it needs about 7 GiB of free
+memory, or Ray's memory monitor kills an actor. Results go to bench/results/ray_envs.json and ray_envs.md.
 """
 
 from __future__ import annotations
