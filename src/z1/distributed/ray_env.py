@@ -15,7 +15,8 @@ new incarnation. Each incarnation carries an id and every call names the id it e
 actor refuses calls meant for its predecessor (nothing runs on its fresh, un-reset envs), and the caller
 raises `EnvWorkerError` naming the lost slots (task, seed); those slots must be reset again (the
 collector re-runs the wave). An actor Ray will not bring back (restarts used up, killed for good, its
-node lost) fails its calls with `RayActorError`: it is replaced by a new actor, with the same error.
+node lost, killed by Ray's memory monitor) fails its calls with `RayActorError` or `OutOfMemoryError`: it
+is replaced by a new actor, with the same error.
 `restarts` counts the restarts and replacements seen, so a run can log it.
 """
 
@@ -81,8 +82,10 @@ class RayVectorEnv(_Hosted):
     """`num_slots` env slots on `num_actors` Ray actors (default: one per CPU of the cluster).
 
     Needs a Ray connection (`z1.distributed.start_ray`). `cpus_per_actor` is the Ray CPU reservation
-    of an actor; `max_restarts` how often Ray restarts a dead actor; `start_timeout` bounds the wait for
-    the actors to be scheduled and to build their envs.
+    of an actor; `max_restarts` how often Ray restarts a dead actor before z1 replaces it (small, so that
+    an actor killed over and over, e.g. by Ray's memory monitor on a full machine, surfaces as an error
+    within a few restarts instead of a call waiting through all of them); `start_timeout` bounds the
+    wait for the actors to be scheduled and to build their envs.
     """
 
     def __init__(
@@ -93,7 +96,7 @@ class RayVectorEnv(_Hosted):
         env_kwargs: dict | None = None,
         *,
         cpus_per_actor: float = 1.0,
-        max_restarts: int = 100,
+        max_restarts: int = 3,
         start_timeout: float = 600.0,
     ) -> None:
         ray = require_ray()
@@ -177,7 +180,8 @@ class RayVectorEnv(_Hosted):
             for w, ref in refs.items():
                 try:
                     replies[w] = ray.get(ref)
-                except ray.exceptions.RayActorError as e:  # gone for good: replace it
+                except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
+                    # gone for good (restarts used up, killed, node lost, memory monitor): replace it
                     errors.append(self._lost(w, what, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
                     with contextlib.suppress(Exception):
                         ray.kill(self._actors[w], no_restart=True)
