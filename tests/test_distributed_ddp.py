@@ -100,7 +100,7 @@ def test_grpo_update_on_two_ranks_equals_one_process(tmp_path):
     with _one_thread():
         single = _grpo(model, groups, sel, cfg, batch, scored, scored.trainable)
     _spawn(_grpo_rank, start, sel, cfg, batch, scored, str(tmp_path / "grpo"))
-    ranks = [torch.load(tmp_path / f"grpo.{r}", weights_only=False) for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"grpo.{r}", weights_only=True) for r in range(WORLD)]
     assert sum(r["terms"] for r in ranks) == scored.trainable.sum() and all(r["terms"] > 0 for r in ranks)
     want = model.state_dict()
     moved = max(float((want[k] - start[k]).abs().max()) for k in want)
