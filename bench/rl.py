@@ -46,6 +46,12 @@ def main() -> None:
     ap.add_argument(
         "--stochastic", default=None, choices=["single", "window", "all"], help="override the SDE step set"
     )
+    ap.add_argument(
+        "--task-sampling",
+        default=None,
+        choices=["uniform", "uncertain"],
+        help="override how groups are spread over tasks (uncertain: sqrt(p (1 - p)) + eps of train success)",
+    )
     ap.add_argument("--iterations", type=int, default=None, help="stop tree runs after N iterations")
     ap.add_argument(
         "--resume",
@@ -98,6 +104,8 @@ def main() -> None:
         base = replace(base, rollout=replace(base.rollout, noise_level=args.noise_level))
     if args.stochastic is not None:
         base = replace(base, rollout=replace(base.rollout, stochastic=args.stochastic))
+    if args.task_sampling is not None:
+        base = replace(base, task_sampling=replace(base.task_sampling, mode=args.task_sampling))
 
     runs: dict[str, dict] = {}
 
@@ -124,6 +132,7 @@ def main() -> None:
                 "stochastic": cfg.rollout.stochastic,
                 "reward": cfg.reward.kind,
                 "kl_beta": cfg.grpo.kl_beta,
+                "task_sampling": cfg.task_sampling.mode,
             },
             "iterations": summary["iterations"],
             "wall_min": wall / 60,
@@ -213,7 +222,9 @@ def main() -> None:
 def _settings(s: dict) -> str:
     return (
         f"{s['mode']} lr {s['lr']:g}, {s['groups_per_task']} groups/task, a {s['noise_level']:g} "
-        f"{s['stochastic']}, {s['reward']}" + (f", kl {s['kl_beta']:g}" if s["kl_beta"] else "")
+        f"{s['stochastic']}, {s['reward']}"
+        + (f", kl {s['kl_beta']:g}" if s["kl_beta"] else "")
+        + (", tasks by uncertainty" if s.get("task_sampling") == "uncertain" else "")
     )
 
 

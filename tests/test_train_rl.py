@@ -10,6 +10,7 @@ from fakes import identity_norm
 from z1.config import policy_preset
 from z1.models.checkpoint import load_checkpoint, save_checkpoint
 from z1.models.pi05 import Pi05Policy
+from z1.rl.task_sampling import TaskSamplingConfig
 from z1.rollout.collector import RolloutConfig
 from z1.train.metrics import read_metrics
 from z1.train.rl import RLConfig, group_plan, run_rl
@@ -52,25 +53,30 @@ def _comparable(m: dict) -> dict:
 
 
 def test_group_plan_seeds_are_disjoint():
-    a = group_plan(["x", "y"], 2, 0)
-    b = group_plan(["x", "y"], 2, 1)
+    a = group_plan(["x", "y"], [2, 2], 0)
+    b = group_plan(["x", "y"], [2, 2], 1)
     assert len({s for _, s in a + b}) == 8
 
 
-def test_rl_iteration_and_exact_resume(init_ckpt, tmp_path):
+@pytest.mark.parametrize("sampling", ["uniform", "uncertain"])
+def test_rl_iteration_and_exact_resume(init_ckpt, tmp_path, sampling):
+    def cfg(out: Path, iterations: int) -> RLConfig:
+        return replace(_cfg(init_ckpt, out, iterations), task_sampling=TaskSamplingConfig(mode=sampling))
+
     full = tmp_path / "full"
-    run_rl(_cfg(init_ckpt, full, 2))
+    run_rl(cfg(full, 2))
     mf = read_metrics(full / "rl_metrics.jsonl")
     assert [m["step"] for m in mf] == [1, 2]
     m1 = mf[0]
     assert m1["env_steps"] > 0 and m1["env_steps"] <= m1["env_steps_flat_equiv"]
+    assert m1[f"groups_of/{TASK}"] == 1
     assert m1["rollout/prefix_forwards"] < m1["chunks/total"]  # shared prefixes at the root and branch
     if m1["update/terms"] > 0:
         assert abs(m1["first_mb/log_ratio_abs_mean"]) < 1e-4  # rollout and trainer log-probs agree
     # Interrupted after iteration 1, resumed to 2: identical metrics and weights.
     part = tmp_path / "part"
-    run_rl(_cfg(init_ckpt, part, 1))
-    run_rl(replace(_cfg(init_ckpt, part, 2), resume=True))
+    run_rl(cfg(part, 1))
+    run_rl(replace(cfg(part, 2), resume=True))
     mp = read_metrics(part / "rl_metrics.jsonl")
     assert [_comparable(m) for m in mp] == [_comparable(m) for m in mf]
     a = load_checkpoint(full / "rl_ckpt").model.state_dict()

@@ -37,6 +37,7 @@ from z1.rl.grpo import (
 from z1.rl.params import SelectiveConfig, apply_selective, frozen_prefix, grad_norms_by_group
 from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
+from z1.rl.task_sampling import TaskSamplingConfig, plan_task_counts
 from z1.rollout.collector import RolloutBatch, RolloutConfig, collect_groups
 from z1.train.metrics import MetricsLogger
 from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks, suite_for
@@ -87,6 +88,8 @@ class RLConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    task_sampling: TaskSamplingConfig = field(default_factory=TaskSamplingConfig)
+    """How each iteration's `groups_per_task * len(tasks)` groups are spread over the tasks (B.1)."""
     image_size: int = 64
     """Camera resolution of the env (square)."""
     calibration_episodes: int = 10
@@ -94,13 +97,20 @@ class RLConfig:
     branch points (median success length C_med) and the reward's reference time T_min."""
 
 
-def group_plan(tasks: list[str], groups_per_task: int, iteration: int) -> list[tuple[str, int]]:
-    """(task, seed) for every group of an iteration; seeds are disjoint across iterations and tasks."""
-    n = len(tasks) * groups_per_task
-    base = TRAIN_SEED_BASE + iteration * n
-    return [
-        (t, base + ti * groups_per_task + g) for ti, t in enumerate(tasks) for g in range(groups_per_task)
-    ]
+def group_plan(
+    tasks: list[str], counts: list[int], iteration: int, stride: int | None = None
+) -> list[tuple[str, int]]:
+    """(task, seed) for every group of an iteration, `counts[i]` groups of task i.
+
+    Task i of iteration `it` draws seeds from its own block [base + i * stride, base + (i + 1) * stride),
+    base = it * len(tasks) * stride, so seeds are disjoint across iterations and tasks as long as no count
+    exceeds `stride` (default: max(counts), which keeps uniform runs' seeds as they always were).
+    """
+    stride = max(counts, default=0) if stride is None else stride
+    if any(c > stride for c in counts):
+        raise ValueError(f"group counts {counts} exceed the seed stride {stride}")
+    base = TRAIN_SEED_BASE + iteration * len(tasks) * stride
+    return [(t, base + ti * stride + g) for ti, t in enumerate(tasks) for g in range(counts[ti])]
 
 
 def c_med_by_task(stats: TaskTimeStats, tasks: list[str], h_exec: int, max_steps: int) -> dict[str, float]:
@@ -299,7 +309,11 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
             for it in range(start_iter, cfg.iterations):
                 if cfg.max_minutes is not None and time.perf_counter() - t_run > 60.0 * cfg.max_minutes:
                     break
-                plan = group_plan(tasks, cfg.groups_per_task, it)
+                counts = plan_task_counts(
+                    tasks, cfg.groups_per_task, task_stats.p_hat, cfg.task_sampling, rng
+                )
+                stride = max(counts) if cfg.task_sampling.mode == "uniform" else sum(counts)
+                plan = group_plan(tasks, counts, it, stride)
                 cmed = c_med_by_task(task_stats, tasks, cfg.rollout.h_exec, cfg.rollout.max_steps)
                 model.eval()
                 batch = collect_groups(
@@ -343,6 +357,8 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     succ_by_task.setdefault(g.task, []).extend(s.tolist())
                 for t, s in succ_by_task.items():
                     metrics[f"train_success/{t}"] = float(np.mean(s))
+                for t, c in zip(tasks, counts):
+                    metrics[f"groups_of/{t}"] = float(c)
                 metrics["train_success_avg"] = float(np.mean([np.mean(s) for s in succ_by_task.values()]))
                 metrics["tree/leaves_per_group"] = float(
                     np.mean([len(g.tree.leaves()) for g in batch.groups])
