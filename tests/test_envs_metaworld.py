@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from z1.envs.base import EnvError, run_chunk
-from z1.envs.metaworld import INSTRUCTIONS, MT10_TASKS, MT50_TASKS, MW_QUICK_TASKS, MetaWorldEnv
+from z1.envs.metaworld import _ROTATED_180, INSTRUCTIONS, MT10_TASKS, MT50_TASKS, MW_QUICK_TASKS, MetaWorldEnv
 
 pytestmark = pytest.mark.sim
 
@@ -193,3 +193,36 @@ def test_task_cache_is_bounded_and_evicted_tasks_come_back_identical():
         env.close()
     with pytest.raises(EnvError, match="max_cached_tasks"):
         MetaWorldEnv(max_cached_tasks=0)
+
+
+def test_slots_of_one_task_share_gl_memory_and_render_what_their_own_context_would():
+    from z1.envs.render import CameraRenderer, process_renderer
+
+    task = MW_QUICK_TASKS[1]
+    a, b = MetaWorldEnv(image_size=(40, 40)), MetaWorldEnv(image_size=(40, 40))
+    own = CameraRenderer(40, 40)  # a private context per model: what every slot had before sharing
+    shared = process_renderer(40, 40)
+    try:
+        before = shared.num_contexts
+        a.reset(task, 1)
+        b.reset(task, 2)
+        for _ in range(3):  # the two slots in different states
+            run_chunk(b, np.tile([0.5, -0.3, 0.2, 1.0], (5, 1)))
+        assert shared.num_contexts == before + 1  # one context for the task, not one per slot
+        for e in (a, b):
+            got = e.observe().images
+            raw = e.raw_env
+            ids = e._camera_ids[task]
+            ref = own.render(raw.model, raw.data, ids)  # (y, x, 3) per camera, no sharing
+            for cam, img in zip(e.spec.cameras, ref):
+                flip = e._camera_names[cam] in _ROTATED_180
+                assert np.array_equal(got[cam], img[::-1, ::-1] if flip else img), cam
+        assert not np.array_equal(a.observe().images["scene"], b.observe().images["scene"])
+        a.close()
+        assert shared.num_contexts == before + 1  # b still renders with it
+        b.close()
+        assert shared.num_contexts == before  # freed with its last user
+    finally:
+        own.close()
+        a.close()
+        b.close()

@@ -5,7 +5,8 @@ Two facts shape this module (simulators.md §1-§3):
   The flags live in the `MjvScene` and are forced off after every `mjv_updateScene`.
 - Several GL contexts in one process gave stale or black frames (EGL and OSMesa). So a process holds
   exactly one GL context (`_process_gl_context`, created on first use); a `CameraRenderer` keeps one
-  `MjrContext` + `MjvScene` per model on top of it, so many envs and tasks in one process share it.
+  `MjrContext` + `MjvScene` per model (or per shared key) on top of it, so many envs and tasks in one
+  process share it. Env slots of one Meta-World task share one `MjrContext` (`process_renderer`).
 
 `select_gl_backend()` must run before `mujoco` is imported (mujoco reads `MUJOCO_GL` at import time).
 """
@@ -18,7 +19,7 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,21 +105,34 @@ def _free_quietly(ctx: Any) -> None:
 
 
 class CameraRenderer:
-    """Renders fixed cameras of any number of models at one resolution, shadows and reflections off."""
+    """Renders fixed cameras of any number of models at one resolution, shadows and reflections off.
+
+    GL resources (an `MjrContext` with the model's textures and meshes, and an `MjvScene`) are kept per
+    model, or per `share_key`: models built from the same XML (e.g. one Meta-World task in 8 env slots)
+    can pass the same key and share one set, which is correct because the context holds only what the
+    XML fixes, and saves ~100 MB of llvmpipe memory per extra model. The set is freed when the last
+    model using it is forgotten.
+    """
 
     def __init__(self, height: int, width: int) -> None:
         if height <= 0 or width <= 0:
             raise ValueError(f"image size must be positive, got {(height, width)}")
         self.height = height
         self.width = width
-        self._per_model: dict[int, tuple[Any, Any, Any]] = {}  # id(model) -> (model, MjrContext, MjvScene)
+        self._per_key: dict[Hashable, tuple[Any, Any, set[int]]] = {}  # key -> (MjrContext, MjvScene, users)
         self._option: Any = None
         self._camera: Any = None
 
-    def _contexts(self, model: Any) -> tuple[Any, Any]:
+    @property
+    def num_contexts(self) -> int:
+        """GL context sets held (one per model or per share key)."""
+        return len(self._per_key)
+
+    def _contexts(self, model: Any, share_key: Hashable | None) -> tuple[Any, Any]:
         import mujoco
 
-        entry = self._per_model.get(id(model))
+        key = ("model", id(model)) if share_key is None else ("shared", share_key)
+        entry = self._per_key.get(key)
         if entry is None:
             gl = _process_gl_context()
             gl.make_current()
@@ -129,19 +143,25 @@ class CameraRenderer:
                 )
             ctx = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150.value)
             scene = mujoco.MjvScene(model, maxgeom=10000)
-            entry = (model, ctx, scene)
-            self._per_model[id(model)] = entry
+            entry = (ctx, scene, set())
+            self._per_key[key] = entry
             if self._option is None:
                 self._option = mujoco.MjvOption()
                 self._camera = mujoco.MjvCamera()
                 self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
-        return entry[1], entry[2]
+        entry[2].add(id(model))
+        return entry[0], entry[1]
 
-    def render(self, model: Any, data: Any, camera_ids: Sequence[int]) -> list[np.ndarray]:
-        """One uint8 (y, x, 3) image per camera id, rows top to bottom as MuJoCo's camera sees them."""
+    def render(
+        self, model: Any, data: Any, camera_ids: Sequence[int], share_key: Hashable | None = None
+    ) -> list[np.ndarray]:
+        """One uint8 (y, x, 3) image per camera id, rows top to bottom as MuJoCo's camera sees them.
+
+        `share_key`: models rendered with the same key share GL resources (they must come from one XML).
+        """
         import mujoco
 
-        ctx, scene = self._contexts(model)
+        ctx, scene = self._contexts(model, share_key)
         _process_gl_context().make_current()
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, ctx)
         rect = mujoco.MjrRect(0, 0, self.width, self.height)
@@ -159,13 +179,28 @@ class CameraRenderer:
             out.append(img[::-1])  # OpenGL rows are bottom-up
         return out
 
-    def forget(self, model: Any) -> None:
-        """Free the GL resources held for `model`."""
-        entry = self._per_model.pop(id(model), None)
-        if entry is not None:
+    def forget(self, model: Any, share_key: Hashable | None = None) -> None:
+        """`model` no longer renders here; free its GL resources once no model uses them."""
+        key = ("model", id(model)) if share_key is None else ("shared", share_key)
+        entry = self._per_key.get(key)
+        if entry is None:
+            return
+        entry[2].discard(id(model))
+        if not entry[2]:
+            del self._per_key[key]
             _process_gl_context().make_current()
-            entry[1].free()
+            entry[0].free()
 
     def close(self) -> None:
-        for key in list(self._per_model):
-            self.forget(self._per_model[key][0])
+        if self._per_key:
+            _process_gl_context().make_current()
+        for ctx, _, _ in self._per_key.values():
+            ctx.free()
+        self._per_key.clear()
+
+
+@functools.cache
+def process_renderer(height: int, width: int) -> CameraRenderer:
+    """The `CameraRenderer` that all envs of this process share at this image size, so that env slots
+    of the same task share GL resources (`share_key`). Like the GL context it sits on, one per process."""
+    return CameraRenderer(height, width)
