@@ -135,6 +135,10 @@ def main() -> None:
                 "task_sampling": cfg.task_sampling.mode,
             },
             "iterations": summary["iterations"],
+            "sft_eval_average": sft_eval[
+                "average"
+            ],  # this run's own baseline (the checkpoint it started from)
+            "sft_eval_tasks": {t: r["rate"] for t, r in sft_eval["tasks"].items()},
             "wall_min": wall / 60,
             "train_min": sum(m.get("time/rollout", 0) + m.get("time/update", 0) for m in metrics) / 60,
             "env_steps": summary["env_steps"],
@@ -175,9 +179,14 @@ def main() -> None:
 
     # Runs accumulate across invocations (a sweep is several commands, maybe side by side): merge with
     # what is on disk now; each row names its settings.
+    # Rows from before per-run baselines started from the SFT checkpoint of the file's top-level baseline.
     if (RESULTS / "rl.json").exists():
-        earlier = json.loads((RESULTS / "rl.json").read_text())["runs"]
-        runs = {**{k: v for k, v in earlier.items() if "settings" in v}, **runs}
+        old = json.loads((RESULTS / "rl.json").read_text())
+        earlier = {k: v for k, v in old["runs"].items() if "settings" in v}
+        for v in earlier.values():
+            v.setdefault("sft_eval_average", old["sft_eval_average"])
+            v.setdefault("sft_eval_tasks", old["sft_eval_tasks"])
+        runs = {**earlier, **runs}
     sft_avg = sft_eval["average"]
     out = {
         "sft_eval_average": sft_avg,
@@ -185,7 +194,7 @@ def main() -> None:
         "minutes_per_tree_run": args.minutes,
         "reward": args.reward,
         "runs": runs,
-        "delta_points": {k: 100 * (v["eval_average"] - sft_avg) for k, v in runs.items()},
+        "delta_points": {k: 100 * (v["eval_average"] - v["sft_eval_average"]) for k, v in runs.items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -193,18 +202,21 @@ def main() -> None:
     lines = [
         "# GRPO benchmark (mw-quick, tiny policy, 2 CPU cores)",
         "",
-        f"SFT average success: {100 * sft_avg:.1f}% ({args.eval_episodes} episodes/task, ODE).",
+        f"Current SFT checkpoint: {100 * sft_avg:.1f}% ({args.eval_episodes} episodes/task, ODE). Each run is"
+        " compared with the SFT checkpoint it started from (column SFT; SFT retrained on another machine"
+        " gives a slightly different checkpoint).",
         "",
-        "| run | settings | iterations | training time | env steps | flat-equivalent | eval success "
+        "| run | settings | iterations | training time | env steps | flat-equivalent | SFT | eval success "
         "| delta vs SFT | signal groups (D4 / D0) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in runs.items():
         lines.append(
             f"| {k} | {_settings(v['settings'])} | {v['iterations']} "
             f"| {v.get('train_min', v['wall_min']):.1f} min "
             f"| {int(v['env_steps'])} "
-            f"| {int(v['env_steps_flat_equiv'])} | {100 * v['eval_average']:.1f}% "
+            f"| {int(v['env_steps_flat_equiv'])} | {100 * v['sft_eval_average']:.1f}% "
+            f"| {100 * v['eval_average']:.1f}% "
             f"| {out['delta_points'][k]:+.1f} | {v['signal_frac']:.2f} / {v['signal_frac_D0']:.2f} |"
         )
     tasks = list(out["sft_eval_tasks"])
