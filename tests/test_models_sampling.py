@@ -14,6 +14,7 @@ from z1.models.sampling import (
     exec_mask,
     gaussian_logprob,
     recompute_logprob,
+    row_noise,
     sample_chunk,
     sde_step_stats,
     time_grid,
@@ -168,3 +169,38 @@ def test_recompute_logprob_matches_rollout(model, stochastic, shared):
     lp.sum().backward()
     assert model.layers[0].expert.attn.q.weight.grad is not None
     model.zero_grad(set_to_none=True)
+
+
+def test_explicit_sde_noise_reproduces_the_generator_path_bitwise(model):
+    """`sde_noise` replaces the generator's per-step draws: feeding the draws the generator would make
+    gives the identical chunk (stochastic='all' draws one (b, h, a) xi at every step, in order)."""
+    cfg = SamplerConfig(mode="sde", stochastic="all", noise_level=0.5, num_steps=4, h_exec=5, d_exec=4)
+    inputs = make_inputs(3, seed=4)
+    with torch.no_grad():
+        cache = model.build_prefix_cache(inputs)
+    noise = torch.randn(3, H, A, generator=torch.Generator().manual_seed(5))
+    ref = sample_chunk(model, cache, noise, cfg, torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(6)
+    xi = torch.stack([torch.randn(3, H, A, generator=g) for _ in range(4)], dim=1)  # (b, k, h, a)
+    got = sample_chunk(model, cache, noise, cfg, step_ids=ref.step_ids, sde_noise=xi)
+    assert torch.equal(got.chain, ref.chain) and torch.equal(got.logprobs, ref.logprobs)
+    with pytest.raises(ValueError, match="sde_noise must be"):
+        sample_chunk(model, cache, noise, cfg, step_ids=ref.step_ids, sde_noise=xi[:, :3])
+
+
+@pytest.mark.parametrize("stochastic", ["single", "window"])
+def test_row_noise_draw_order(stochastic):
+    """Row r: Generator(seed_r) -> initial noise (h, a), step ids, then K step noises; rows independent."""
+    cfg = SamplerConfig(mode="sde", stochastic=stochastic, window=2, num_steps=5)
+    seeds = torch.tensor([3, 2**62 + 7, 3], dtype=torch.int64)
+    rn = row_noise(seeds, cfg, H, A)
+    j = 1 if stochastic == "single" else 2
+    assert rn.noise.shape == (3, H, A) and rn.step_ids.shape == (3, j) and rn.sde_noise.shape == (3, 5, H, A)
+    for r, seed in enumerate(seeds.tolist()):
+        g = torch.Generator().manual_seed(seed)
+        assert torch.equal(rn.noise[r], torch.randn(H, A, generator=g))
+        assert torch.equal(rn.step_ids[r : r + 1], draw_step_ids(1, cfg, g))
+        assert torch.equal(rn.sde_noise[r], torch.randn(5, H, A, generator=g))
+    assert torch.equal(rn.sde_noise[0], rn.sde_noise[2]) and not torch.equal(rn.noise[0], rn.noise[1])
+    ode = row_noise(seeds, SamplerConfig(mode="ode", num_steps=5), H, A)
+    assert torch.equal(ode.noise, rn.noise) and ode.step_ids.shape == (3, 0) and ode.sde_noise.shape[1] == 0

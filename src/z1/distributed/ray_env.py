@@ -9,6 +9,11 @@ across actors: the source actor's snapshot (small, picklable) is passed to the d
 Actors set one BLAS/OpenMP thread and the MuJoCo GL backend before importing anything heavy (the
 variables also go into the actor's `runtime_env`, so they hold from process start).
 
+Inference in the actors (`--rollout.inference actors`, `z1.distributed.ray_policy`): `sync_policy` pushes
+the learner's policy (then only its changed tensors) to every actor; inside `holding_observations()` the
+env commands leave each slot's observation in its actor, and `act_and_step` has every actor compute the
+chunks of its slots and step them, returning the records instead of observations.
+
 Fault tolerance: actors are created with `max_restarts`, so Ray restarts one that dies, and with
 unlimited task retries, so a call that was in flight (or issued while the actor restarts) waits for the
 new incarnation. Each incarnation carries an id and every call names the id it expects: the restarted
@@ -17,7 +22,9 @@ raises `EnvWorkerError` naming the lost slots (task, seed); those slots must be 
 collector re-runs the wave). An actor Ray will not bring back (restarts used up, killed for good, its
 node lost, killed by Ray's memory monitor) fails its calls with `RayActorError` or `OutOfMemoryError`: it
 is replaced by a new actor, with the same error.
-`restarts` counts the restarts and replacements seen, so a run can log it.
+`restarts` counts the restarts and replacements seen, so a run can log it. A call with no reply within
+`call_timeout` seconds (a hung simulator, an overloaded node) is treated the same way: the actor is killed
+and replaced, and the caller gets an `EnvWorkerError` naming the actor, the command and the timeout.
 """
 
 from __future__ import annotations
@@ -28,12 +35,22 @@ import os
 import socket
 import time
 import weakref
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from z1.distributed.cluster import RayUnavailableError, require_ray
 from z1.envs.base import EnvError
 from z1.envs.vector import WORKER_ENV_VARS, EnvWorkerError, _Hosted, _Slots, worker_process_setup
 from z1.types import EnvSpec
+
+if TYPE_CHECKING:
+    from z1.config import SamplerConfig
+    from z1.distributed.ray_policy import ActorStep, PolicySlots, WeightVersions
+    from z1.rollout.runner import PolicyRunner
+
+POLICY = "policy:"  # command prefix: run on the actor's `PolicySlots` (observations kept in the actor)
+HELD_COMMANDS = frozenset({"reset", "snapshot", "restore", "clone_into", "run_chunks", "observe"})
+"""Env commands that leave the observations in the actor while `holding_observations()` is active."""
 
 
 class SlotActor:
@@ -47,6 +64,7 @@ class SlotActor:
             select_gl_backend()  # probe this node's GL backends before mujoco is imported
         self.incarnation = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
         self.slots = _Slots(suite, slots, env_kwargs)
+        self.policy: PolicySlots | None = None  # created by the first policy command (imports torch)
 
     def hello(self) -> tuple[str, EnvSpec, int]:
         return self.incarnation, self.slots.spec(), os.getpid()
@@ -56,6 +74,22 @@ class SlotActor:
         the caller has not seen): then nothing runs. Returns (incarnation, ran, value)."""
         if expect is not None and expect != self.incarnation:
             return self.incarnation, False, None
+        if cmd == "_sleep_for_test":  # for tests: a call that hangs
+            time.sleep(float(args[0]))
+            return self.incarnation, True, None
+        if cmd.startswith(POLICY):
+            if self.policy is None:
+                from z1.distributed.ray_policy import PolicySlots
+
+                self.policy = PolicySlots(self.slots)
+            name = cmd[len(POLICY) :]
+            if name == "load_policy":  # args: (ObjectRef of the payload,), shared by every actor
+                import ray
+
+                return self.incarnation, True, self.policy.load_policy(ray.get(args[0]))
+            return self.incarnation, True, getattr(self.policy, name)(*copy.deepcopy(args))
+        if self.policy is not None and cmd in HELD_COMMANDS:
+            self.policy.forget()  # driven from the learner now: the kept observations go stale
         # Ray hands numpy arguments over read-only (zero-copy from the object store), and simulators
         # write into them (mj_setState wants a writable state array): give the envs private copies.
         return self.incarnation, True, getattr(self.slots, cmd)(*copy.deepcopy(args))
@@ -85,7 +119,8 @@ class RayVectorEnv(_Hosted):
     of an actor; `max_restarts` how often Ray restarts a dead actor before z1 replaces it (small, so that
     an actor killed over and over, e.g. by Ray's memory monitor on a full machine, surfaces as an error
     within a few restarts instead of a call waiting through all of them); `start_timeout` bounds the
-    wait for the actors to be scheduled and to build their envs.
+    wait for the actors to be scheduled and to build their envs; `call_timeout` the wait for any later
+    call (an actor that does not answer in time is replaced, and the call raises `EnvWorkerError`).
     """
 
     def __init__(
@@ -98,6 +133,7 @@ class RayVectorEnv(_Hosted):
         cpus_per_actor: float = 1.0,
         max_restarts: int = 3,
         start_timeout: float = 600.0,
+        call_timeout: float = 600.0,
     ) -> None:
         ray = require_ray()
         if not ray.is_initialized():
@@ -105,7 +141,10 @@ class RayVectorEnv(_Hosted):
                 "RayVectorEnv needs a Ray connection: call z1.distributed.start_ray('local' | 'auto') first "
                 "(the CLI does it for --ray)"
             )
+        if call_timeout <= 0:
+            raise ValueError(f"call_timeout must be positive, got {call_timeout}")
         self._ray = ray
+        self.call_timeout = call_timeout
         self._init_slots(num_slots)
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         if num_actors is None:
@@ -135,6 +174,9 @@ class RayVectorEnv(_Hosted):
         self._finalizer = weakref.finalize(self, _kill_actors, ray, self._actors)  # sees replacements
         self._incarnation: list[str | None] = [None] * self.num_workers
         self._stale = [False] * self.num_workers  # lost an actor: accept (and adopt) its next incarnation
+        self._holding = False
+        self._weights: WeightVersions | None = None
+        self._policy_version: list[int | None] = [None] * self.num_workers  # weights each actor holds
         try:
             hellos = ray.get([a.hello.remote() for a in self._actors], timeout=start_timeout)
         except ray.exceptions.GetTimeoutError:
@@ -160,32 +202,105 @@ class RayVectorEnv(_Hosted):
         return self.num_workers
 
     def pids(self) -> list[int]:
-        return [h[2] for h in self._ray.get([a.hello.remote() for a in self._actors])]
+        return [
+            h[2] for h in self._ray.get([a.hello.remote() for a in self._actors], timeout=self.call_timeout)
+        ]
 
     def ping(self) -> None:
         """One no-op call on every actor, gathered (the floor of a batched operation's cost)."""
-        self._ray.get([a.ping.remote() for a in self._actors])
+        self._ray.get([a.ping.remote() for a in self._actors], timeout=self.call_timeout)
+
+    # ------------------------------------------------------------ policy inference in the actors
+
+    @contextlib.contextmanager
+    def holding_observations(self) -> Iterator[None]:
+        """While active, reset / snapshot / restore / clone / run_chunks / observe leave each slot's
+        observation in its actor (they return None in its place; a snapshot carries its slot's observation
+        along to the clones) for `act_and_step`. Outside, the actors drop what they kept."""
+        before, self._holding = self._holding, True
+        try:
+            yield
+        finally:
+            self._holding = before
+
+    def sync_policy(self, runner: PolicyRunner) -> int:
+        """Bring every actor's policy copy to `runner`'s current weights: an actor holding none (new,
+        restarted, replaced) gets the whole policy, one holding an older version the tensors written since;
+        each payload is put into the object store once. Returns the number of actors sent a payload."""
+        from z1.distributed.ray_policy import WeightVersions
+
+        if self._weights is None:
+            self._weights = WeightVersions()
+        version = self._weights.update(runner)
+        payloads: dict[int | None, Any] = {}
+        msgs: dict[int, tuple[str, tuple]] = {}
+        for w in range(self.num_workers):
+            held = self._policy_version[w]
+            if held == version:
+                continue
+            base = self._weights.delta_base(held)
+            if base not in payloads:
+                payloads[base] = self._ray.put(self._weights.payload(runner, base))
+            msgs[w] = (POLICY + "load_policy", (payloads[base],))
+            self._policy_version[w] = None  # until the actor confirms
+        if msgs:
+            for w, v in self._call(msgs, "load_policy").items():
+                self._policy_version[w] = v
+        return len(msgs)
+
+    def act_and_step(
+        self,
+        rows: dict[int, tuple[int, int]],
+        cfg: SamplerConfig,
+        share_prefix: bool,
+        keep_caches: bool,
+        stop_on_success: bool = True,
+    ) -> list[ActorStep]:
+        """rows: slot -> (noise seed, actions to execute). Every involved actor acts on its slots' kept
+        observations (`holding_observations`) with those per-row seeds, executes the chunks and keeps the
+        new observations; one `ActorStep` per actor (in actor order), rows in ascending slot order."""
+        self._check_reset(list(rows))
+        msgs = {
+            w: (
+                POLICY + "act_step",
+                ([(s, *rows[s]) for s in ss], cfg, share_prefix, keep_caches, stop_on_success),
+            )
+            for w, ss in self._by_worker(sorted(rows)).items()
+        }
+        got = self._call(msgs, "act_step")
+        return [got[w] for w in sorted(got)]
+
+    # ------------------------------------------------------------ calls
 
     def _call(self, per_worker: dict[int, tuple[str, tuple]], what: str) -> dict[int, Any]:
         ray = self._ray
+        hold = self._holding
         refs = {
-            w: self._actors[w].call.remote(None if self._stale[w] else self._incarnation[w], cmd, args)
+            w: self._actors[w].call.remote(
+                None if self._stale[w] else self._incarnation[w],
+                POLICY + cmd if hold and cmd in HELD_COMMANDS else cmd,
+                args,
+            )
             for w, (cmd, args) in per_worker.items()
         }
         replies: dict[int, tuple[str, bool, Any]] = {}
         errors: list[BaseException] = []
+        deadline = time.monotonic() + self.call_timeout
         try:
-            replies = dict(zip(refs, ray.get(list(refs.values()))))
+            replies = dict(zip(refs, ray.get(list(refs.values()), timeout=self.call_timeout)))
         except Exception:  # sort out which actors failed, and how
             for w, ref in refs.items():
                 try:
-                    replies[w] = ray.get(ref)
+                    replies[w] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                except ray.exceptions.GetTimeoutError:  # hung or overloaded: kill it, start a new one
+                    cmd = per_worker[w][0]
+                    cause = f"no reply to {cmd!r} within the call timeout of {self.call_timeout:g} s"
+                    errors.append(self._lost(w, what, cause, "It was replaced"))
+                    self._replace(w)
                 except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
                     # gone for good (restarts used up, killed, node lost, memory monitor): replace it
                     errors.append(self._lost(w, what, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
-                    with contextlib.suppress(Exception):
-                        ray.kill(self._actors[w], no_restart=True)
-                    self._actors[w] = self._new_actor(w)
+                    self._replace(w)
                 except Exception as e:  # an error raised by the env itself (EnvError, ...)
                     errors.append(e)
         out: dict[int, Any] = {}
@@ -199,19 +314,26 @@ class RayVectorEnv(_Hosted):
             raise errors[0]
         return out
 
+    def _replace(self, w: int) -> None:
+        with contextlib.suppress(Exception):
+            self._ray.kill(self._actors[w], no_restart=True)
+        self._actors[w] = self._new_actor(w)
+
     def _adopt(self, w: int, incarnation: str) -> None:
         old = self._incarnation[w]
         if old is not None and incarnation != old:
             self.restarts += 1
+            self._policy_version[w] = None
         self._incarnation[w] = incarnation
         self._stale[w] = False
 
-    def _lost(self, w: int, what: str, cause: str) -> EnvWorkerError:
+    def _lost(self, w: int, what: str, cause: str, fate: str = "It was restarted") -> EnvWorkerError:
         desc = self._forget_worker(w)
         self._stale[w] = True
+        self._policy_version[w] = None  # the new incarnation holds no policy
         return EnvWorkerError(
-            f"env actor {w} failed during {what} ({cause}); it hosted {desc}. It was restarted: reset those "
-            "slots before using them again."
+            f"env actor {w} failed during {what} ({cause}); it hosted {desc}. {fate}: reset those slots "
+            "before using them again."
         )
 
     def close(self) -> None:

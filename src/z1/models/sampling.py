@@ -5,6 +5,10 @@ Step k maps x^(k) at t_k to x^(k+1) at t_{k+1}, Delta = t_k - t_{k+1}:
     ODE:  x^(k+1) = x^(k) - Delta * v
     SDE:  x^(k+1) = mu_k + s_k * m * xi    (A2; m = exec mask, xi ~ N(0, I))
 Only the steps in S (`step_ids`) are stochastic; all others are ODE steps.
+
+Random numbers come either from one `torch.Generator` shared by the batch (the default), or per row from
+the row's own seed (`row_noise`), so that a row's chunk does not depend on which batch, process or
+machine computed it (inference in the learner or in the env actors).
 """
 
 from __future__ import annotations
@@ -124,6 +128,39 @@ def draw_step_ids(
     raise ValueError(f"unknown stochastic mode {cfg.stochastic!r}; use 'single', 'window' or 'all'")
 
 
+@dataclass(frozen=True)
+class RowNoise:
+    """Every random number of a chunk, drawn per row from the row's seed (`row_noise`)."""
+
+    noise: Tensor  # (b, h, a) initial x at t=1
+    step_ids: Tensor  # (b, j) int64 stochastic step indices
+    sde_noise: Tensor  # (b, k, h, a) xi of every denoise step (read at the stochastic ones); k=0 for ODE
+
+
+def row_noise(seeds: Tensor, cfg: SamplerConfig, h: int, a: int) -> RowNoise:
+    """Row r's random numbers from `torch.Generator().manual_seed(seeds[r])`, in this order: the initial
+    noise (h, a), its stochastic step ids (`draw_step_ids` of one row), then one xi (h, a) for each of the
+    K denoise steps (SDE only; drawn for every step, so the stream does not depend on which are stochastic).
+
+    seeds: (b,) int64. A row's draws depend on its seed only: the same seed gives the same chunk alone, in
+    any batch, in this process or in a Ray actor.
+    """
+    if seeds.dim() != 1:
+        raise ValueError(f"seeds must be (b,), got {tuple(seeds.shape)}")
+    k = cfg.num_steps if cfg.mode == "sde" else 0
+    noise, ids, xis = [], [], []
+    for seed in seeds.tolist():
+        g = torch.Generator().manual_seed(int(seed))
+        noise.append(torch.randn((h, a), generator=g))  # (h, a)
+        ids.append(draw_step_ids(1, cfg, g))  # (1, j)
+        xis.append(torch.randn((k, h, a), generator=g))  # (k, h, a)
+    b = len(noise)
+    if b == 0:
+        j = draw_step_ids(0, cfg, torch.Generator()).shape[1]
+        return RowNoise(torch.zeros(0, h, a), torch.zeros(0, j, dtype=torch.int64), torch.zeros(0, k, h, a))
+    return RowNoise(torch.stack(noise), torch.cat(ids), torch.stack(xis))
+
+
 @torch.no_grad()
 def sample_chunk(
     policy: Pi05Policy,
@@ -132,8 +169,13 @@ def sample_chunk(
     cfg: SamplerConfig,
     generator: torch.Generator | None = None,
     step_ids: Tensor | None = None,
+    sde_noise: Tensor | None = None,
 ) -> ChunkSample:
-    """Integrate x from t=1 (noise (b, h, a)) to t=0 with the cached prefix; SDE at `step_ids` in sde mode."""
+    """Integrate x from t=1 (noise (b, h, a)) to t=0 with the cached prefix; SDE at `step_ids` in sde mode.
+
+    The SDE steps' xi comes from `generator` (one (b, h, a) draw per step where any row is stochastic),
+    or from `sde_noise` (b, K, h, a) when given (per-row noise, `row_noise`).
+    """
     b, h, a = noise.shape
     if cache.batch_size != b:
         raise ValueError(f"cache has {cache.batch_size} rows but noise has {b}; use cache.expand(g)")
@@ -145,6 +187,8 @@ def sample_chunk(
         step_ids = draw_step_ids(b, cfg, generator, noise.device)
     if step_ids.shape[0] != b or (step_ids.numel() and (step_ids.min() < 0 or step_ids.max() >= k_steps)):
         raise ValueError(f"step_ids must be (b={b}, j) with values in 0..{k_steps - 1}")
+    if sde_noise is not None and cfg.mode == "sde" and sde_noise.shape != (b, k_steps, h, a):
+        raise ValueError(f"sde_noise must be ({b}, {k_steps}, {h}, {a}), got {tuple(sde_noise.shape)}")
     m = exec_mask(h, a, cfg.h_exec, cfg.d_exec, noise.device)
     x = noise.float()
     chain = [x]
@@ -156,7 +200,10 @@ def sample_chunk(
         hit = step_ids == k  # (b, j)
         if cfg.mode == "sde" and bool(hit.any()):
             mean, std = sde_step_stats(x, v, t, t_next, grid[1], cfg.noise_level)
-            xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            if sde_noise is None:
+                xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            else:
+                xi = sde_noise[:, k].to(device=x.device, dtype=x.dtype)  # (b, h, a)
             x_sde = mean + std * m * xi
             lp = gaussian_logprob(x_sde, mean, std.expand(b, 1, 1), m)  # (b,)
             logprobs = torch.where(hit, lp[:, None], logprobs)

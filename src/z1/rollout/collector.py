@@ -14,23 +14,35 @@ For each group (task, seed) the collector:
    leaf, success and the success time in env steps (counting the shared prefix).
 
 Flat GRPO is the same code with G trunks and no branch level.
+
+Where the policy runs (`RolloutConfig.inference`): "learner" batches inference over all slots of the wave
+in this process (observations come back from the env hosts); "actors" has every Ray env actor run a copy
+of the policy on its own slots (observations stay in the actors; the learner sends per-row noise seeds and
+gets the records back; the prefix dedupe then happens per actor). The learner pushes its weights to the
+actors before each wave when they changed (`RayVectorEnv.sync_policy`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from z1.config import SamplerConfig
 from z1.envs.vector import EnvWorkerError
 from z1.models.pi05 import PolicyInputs, PrefixCache
-from z1.rollout.runner import PolicyRunner
+from z1.models.sampling import ChunkSample
+from z1.rollout.runner import Acted, PolicyRunner
 from z1.rollout.tree import Tree, TreeConfig, branch_factor_at, plan_branch_levels, tree_cost
-from z1.types import Observation
+from z1.types import ChunkResult, Observation
+
+ACTOR_INFERENCE_METHODS = ("holding_observations", "sync_policy", "act_and_step")
+"""What a vector env needs for inference='actors' (`z1.distributed.RayVectorEnv` has them)."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +76,22 @@ class RolloutConfig:
     """Compute the VLM prefix once per distinct observation (ablation switch)."""
     max_steps: int = 200
     """Episode cap in env steps for training rollouts."""
+    inference: Literal["learner", "actors"] = "learner"
+    """Where the policy computes the chunks. learner: in this process, batched over all slots of a wave
+    (the observations travel from the env hosts). actors: a copy of the policy in every Ray env actor acts
+    on that actor's slots (needs --ray; observations stay in the actors, the records come back; the
+    learner pushes its changed weights to the actors before each wave; noise from per-row seeds; the
+    shared-prefix dedupe is per actor, see the prefix_forwards stats)."""
+    row_seeds: bool = False
+    """Draw every row's noise from its own seed (drawn from the collection's generator) instead of one
+    generator for the batch, so a chunk does not depend on the batch or host that computed it: the
+    learner then samples what actors would. Always on with inference='actors'."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("tree", "flat"):
             raise ValueError(f"RolloutConfig.mode must be 'tree' or 'flat', got {self.mode!r}")
+        if self.inference not in ("learner", "actors"):
+            raise ValueError(f"RolloutConfig.inference must be 'learner' or 'actors', got {self.inference!r}")
         if self.mode == "tree" and self.trunks * self.branch_factor != self.group_size:
             raise ValueError(
                 f"tree mode needs group_size == trunks * branch_factor, got {self.group_size} != "
@@ -154,6 +178,7 @@ class _Wave:
     group: list[np.ndarray] = field(default_factory=list)
     node: list[np.ndarray] = field(default_factory=list)
     n_obs: int = 0  # distinct observations = prefix forwards
+    n_obs_one_host: int = 0  # distinct observations per chunk round over all hosts (one-host dedupe)
     policy_rows: int = 0
     clones: int = 0
 
@@ -172,8 +197,133 @@ class _Wave:
         ):
             mine.extend(theirs)
         self.n_obs += wave.n_obs
+        self.n_obs_one_host += wave.n_obs_one_host
         self.policy_rows += wave.policy_rows
         self.clones += wave.clones
+
+
+def draw_row_seeds(generator: torch.Generator, n: int) -> torch.Tensor:
+    """(n,) int64 noise seeds, one per policy row, drawn from the collection's generator."""
+    return torch.randint(0, 2**63 - 1, (n,), generator=generator, dtype=torch.int64)
+
+
+@dataclass
+class _Inference:
+    """Where a wave's chunks are computed: resets, clones and act-and-step of the wave's slots."""
+
+    runner: PolicyRunner
+    venv: Any
+    sampler: SamplerConfig
+    generator: torch.Generator
+    row_seeds: bool
+    keep_caches: bool
+
+
+@dataclass
+class _LearnerInference(_Inference):
+    """The policy in this process, batched over all live slots; observations come back from the env hosts."""
+
+    obs: dict[int, Observation] = field(default_factory=dict)  # slot -> its latest observation
+
+    def reset(self, slot: int, task: str, seed: int) -> None:
+        (self.obs[slot],) = self.venv.reset([slot], [task], [seed])
+
+    def clone(self, src: int, dsts: list[int]) -> None:
+        self.venv.clone_many(src, dsts)
+        for d in dsts:
+            self.obs[d] = self.obs[src]
+
+    def act_step(
+        self, n_actions: dict[int, int], times: dict[str, float]
+    ) -> tuple[Acted, dict[int, ChunkResult], int]:
+        """Chunks for the slots of `n_actions` (ascending), the first n actions executed; returns the
+        policy call, the chunk results and the distinct observations over all slots."""
+        slots = sorted(n_actions)
+        obs = [self.obs[s] for s in slots]
+        t0 = time.perf_counter()
+        if self.row_seeds:
+            acted = self.runner.act(obs, self.sampler, seeds=draw_row_seeds(self.generator, len(slots)))
+        else:
+            acted = self.runner.act(obs, self.sampler, self.generator)
+        t1 = time.perf_counter()
+        results = self.venv.run_chunks(
+            {s: acted.env_actions[i][: n_actions[s]] for i, s in enumerate(slots)},
+            stop_on_success=True,
+            observe=True,
+        )
+        times["policy"] += t1 - t0
+        times["env"] += time.perf_counter() - t1
+        for s in slots:
+            self.obs[s] = results[s].observation
+        return acted, results, acted.prefix_forwards
+
+
+class _ActorInference(_Inference):
+    """A copy of the policy in every Ray env actor, acting on that actor's slots (observations stay there;
+    noise from per-row seeds). The caller brings the actors' weights up to date first (`sync_policy`)."""
+
+    def reset(self, slot: int, task: str, seed: int) -> None:
+        self.venv.reset([slot], [task], [seed])  # the observation stays in the actor
+
+    def clone(self, src: int, dsts: list[int]) -> None:
+        self.venv.clone_many(src, dsts)  # the snapshot carries src's observation to the clones' actors
+
+    def act_step(
+        self, n_actions: dict[int, int], times: dict[str, float]
+    ) -> tuple[Acted, dict[int, ChunkResult], int]:
+        slots = sorted(n_actions)
+        seeds = draw_row_seeds(self.generator, len(slots)).tolist()
+        t0 = time.perf_counter()
+        steps = self.venv.act_and_step(
+            {s: (seed, n_actions[s]) for s, seed in zip(slots, seeds)},
+            self.sampler,
+            self.runner.share_prefix,
+            self.keep_caches,
+        )
+        # The actors run in parallel: the slowest one's inference time, the rest of the round as env time
+        # (stepping, transfer, the learner's merge).
+        policy_s = max(st.policy_seconds for st in steps)
+        times["policy"] += policy_s
+        times["env"] += time.perf_counter() - t0 - policy_s
+        return merge_actor_steps(steps, slots, self.runner.share_prefix)
+
+
+def merge_actor_steps(steps: list[Any], slots: list[int], share_prefix: bool) -> tuple[Acted, dict, int]:
+    """The actors' `ActorStep`s as one policy call with rows in `slots` order: each actor's distinct
+    observations follow the previous actor's. Also returns the merged chunk results and the number of
+    distinct observations over all actors (what one host's dedupe would have computed)."""
+    row_of: dict[int, int] = {}
+    to_unique: list[torch.Tensor] = []
+    keys: set[bytes] = set()
+    rows = unique = 0
+    for st in steps:
+        for i, s in enumerate(st.slots):
+            row_of[s] = rows + i
+        to_unique.append(st.acted.row_to_unique + unique)
+        rows += len(st.slots)
+        unique += st.acted.prefix_forwards
+        keys.update(st.unique_keys)
+    order = torch.as_tensor([row_of[s] for s in slots], dtype=torch.long)  # (b,) slot order -> row
+
+    def rows_of(get: Callable[[Acted], torch.Tensor]) -> torch.Tensor:
+        return torch.cat([get(st.acted) for st in steps])[order]
+
+    caches = [st.acted.unique_cache for st in steps]
+    acted = Acted(
+        env_actions=np.concatenate([st.acted.env_actions for st in steps])[order.numpy()],
+        sample=ChunkSample(
+            actions=rows_of(lambda a: a.sample.actions),  # (b, h, a)
+            chain=rows_of(lambda a: a.sample.chain),  # (b, k+1, h, a)
+            step_ids=rows_of(lambda a: a.sample.step_ids),  # (b, j)
+            logprobs=rows_of(lambda a: a.sample.logprobs),  # (b, j)
+        ),
+        unique_inputs=cat_inputs([st.acted.unique_inputs for st in steps]),
+        unique_cache=None if any(c is None for c in caches) else cat_caches(caches),
+        row_to_unique=torch.cat(to_unique)[order],
+        prefix_forwards=unique,
+    )
+    results = {s: r for st in steps for s, r in st.results.items()}
+    return acted, results, len(keys) if share_prefix else len(slots)
 
 
 def collect_groups(
@@ -193,7 +343,18 @@ def collect_groups(
     When an env host dies during a wave (`EnvWorkerError`), the wave's records are dropped and the wave
     is collected again from the same RNG states (so the batch equals an undisturbed run's), at most
     `max_wave_retries` times; `stats` counts `env_restarts` and `waves_retried`.
+
+    cfg.inference="actors" needs a Ray vector env (`z1.distributed.RayVectorEnv`, `--ray`); then
+    `stats["prefix_forwards"]` counts the prefix forwards the actors computed (each dedupes its own
+    slots) and `stats["prefix_forwards_one_host"]` what one host's dedupe would have computed.
     """
+    actors = cfg.inference == "actors"
+    if actors and not all(hasattr(venv, m) for m in ACTOR_INFERENCE_METHODS):
+        raise ValueError(
+            f"--rollout.inference actors runs the policy inside Ray env actors, but the env slots are hosted "
+            f"by a {type(venv).__name__}; add --ray local (or --ray auto on a cluster) to host them on Ray "
+            "actors, or use --rollout.inference learner"
+        )
     per_wave = venv.num_slots // cfg.group_size
     if per_wave < 1:
         raise ValueError(
@@ -208,37 +369,40 @@ def collect_groups(
     worker_errors = waves_retried = 0
     started = time.perf_counter()
 
-    for w0 in range(0, len(groups), per_wave):
-        rng_state, gen_state = rng.bit_generator.state, generator.get_state()
-        for attempt in range(max_wave_retries + 1):
-            try:
-                wave = _roll_wave(
-                    runner,
-                    venv,
-                    groups[w0 : w0 + per_wave],
-                    w0,
-                    cfg,
-                    tree_cfg,
-                    sampler,
-                    rng,
-                    generator,
-                    c_med,
-                    keep_caches,
-                    progress,
-                    times,
-                )
-                break
-            except EnvWorkerError as e:
-                worker_errors += 1
-                if attempt == max_wave_retries:
-                    raise EnvWorkerError(
-                        f"wave of groups {w0}..{min(w0 + per_wave, len(groups)) - 1} failed {attempt + 1} "
-                        f"times; last error: {e}"
-                    ) from e
-                waves_retried += 1
-                rng.bit_generator.state = rng_state  # the retry draws what the failed attempt drew
-                generator.set_state(gen_state)
-        done.commit(wave)
+    with venv.holding_observations() if actors else nullcontext():
+        for w0 in range(0, len(groups), per_wave):
+            rng_state, gen_state = rng.bit_generator.state, generator.get_state()
+            for attempt in range(max_wave_retries + 1):
+                try:
+                    if actors:  # the actors act with the learner's current weights
+                        venv.sync_policy(runner)
+                    place = (_ActorInference if actors else _LearnerInference)(
+                        runner, venv, sampler, generator, cfg.row_seeds, keep_caches
+                    )
+                    wave = _roll_wave(
+                        place,
+                        groups[w0 : w0 + per_wave],
+                        w0,
+                        cfg,
+                        tree_cfg,
+                        rng,
+                        c_med,
+                        keep_caches,
+                        progress,
+                        times,
+                    )
+                    break
+                except EnvWorkerError as e:
+                    worker_errors += 1
+                    if attempt == max_wave_retries:
+                        raise EnvWorkerError(
+                            f"wave of groups {w0}..{min(w0 + per_wave, len(groups)) - 1} failed "
+                            f"{attempt + 1} times; last error: {e}"
+                        ) from e
+                    waves_retried += 1
+                    rng.bit_generator.state = rng_state  # the retry draws what the failed attempt drew
+                    generator.set_state(gen_state)
+            done.commit(wave)
 
     out_groups = done.groups
     costs = [tree_cost(g.tree) for g in out_groups]
@@ -251,6 +415,7 @@ def collect_groups(
         "env_steps_flat_equiv": float(flat_steps),
         "env_step_ratio": env_steps / flat_steps if flat_steps else float("nan"),
         "prefix_forwards": float(done.n_obs),
+        "prefix_forwards_one_host": float(done.n_obs_one_host),
         "prefix_forwards_flat": float(flat_prefix),
         "prefix_forwards_saved": float(done.policy_rows - done.n_obs),
         "clones": float(done.clones),
@@ -276,15 +441,12 @@ def collect_groups(
 
 
 def _roll_wave(
-    runner: PolicyRunner,
-    venv,
+    place: _LearnerInference | _ActorInference,
     wave_groups: list[tuple[str, int]],
     w0: int,
     cfg: RolloutConfig,
     tree_cfg: TreeConfig,
-    sampler,
     rng: np.random.Generator,
-    generator: torch.Generator,
     c_med: dict[str, float] | None,
     keep_caches: bool,
     progress: Callable[[int, int], None] | None,
@@ -294,7 +456,6 @@ def _roll_wave(
     wave = _Wave()
     live: dict[int, tuple[int, int]] = {}  # slot -> (group index, node id)
     steps: dict[int, int] = {}
-    obs: dict[int, Observation] = {}
     group_slots: dict[int, list[int]] = {}
     for wi, (task, seed) in enumerate(wave_groups):
         gi = w0 + wi
@@ -303,51 +464,41 @@ def _roll_wave(
         levels = plan_branch_levels(tree_cfg, (c_med or {}).get(task), rng)
         g = GroupRollout(task=task, seed=seed, tree=Tree(task=task, group=gi), levels=levels)
         wave.groups.append(g)
-        (ob0,) = venv.reset([base], [task], [seed])
+        place.reset(base, task, seed)
         t0 = time.perf_counter()
         trunk_slots = list(range(base, base + tree_cfg.trunks))
         if len(trunk_slots) > 1:  # identical initial state: clones of the reset slot
-            venv.clone_many(base, trunk_slots[1:])
+            place.clone(base, trunk_slots[1:])
             wave.clones += len(trunk_slots) - 1
         for slot in trunk_slots:
             live[slot] = (gi, g.tree.add_trunk())
             steps[slot] = 0
-            obs[slot] = ob0
         times["restore"] += time.perf_counter() - t0
 
     while live:
         slots = sorted(live)
-        t0 = time.perf_counter()
-        acted = runner.act([obs[s] for s in slots], sampler, generator)
-        times["policy"] += time.perf_counter() - t0
+        acted, results, one_host = place.act_step(
+            {s: max(1, min(cfg.h_exec, cfg.max_steps - steps[s])) for s in slots}, times
+        )
         wave.inputs.append(acted.unique_inputs)
         if keep_caches:
+            assert acted.unique_cache is not None
             wave.caches.append(acted.unique_cache)
         wave.obs.append(acted.row_to_unique + wave.n_obs)
         wave.n_obs += acted.prefix_forwards
+        wave.n_obs_one_host += one_host
         wave.policy_rows += len(slots)
         wave.chain.append(acted.sample.chain)
         wave.steps.append(acted.sample.step_ids)
         wave.lp.append(acted.sample.logprobs)
         wave.group.append(np.array([live[s][0] for s in slots]))
         wave.node.append(np.array([live[s][1] for s in slots]))
-        t0 = time.perf_counter()
-        results = venv.run_chunks(
-            {
-                s: acted.env_actions[i][: max(1, min(cfg.h_exec, cfg.max_steps - steps[s]))]
-                for i, s in enumerate(slots)
-            },
-            stop_on_success=True,
-            observe=True,
-        )
-        times["env"] += time.perf_counter() - t0
         for s in slots:
             gi, node = live[s]
             g = wave.groups[gi - w0]
             r = results[s]
             g.tree.extend(node, env_steps=r.steps)
             steps[s] += r.steps
-            obs[s] = r.observation
             if r.success or r.done or steps[s] >= cfg.max_steps:
                 g.tree.finish(node, success=r.success)
                 g.length[node] = steps[s]
@@ -372,11 +523,10 @@ def _roll_wave(
             kids = g.tree.branch(node, k)
             live[s] = (gi, kids[0])
             dsts = free[: k - 1]
-            venv.clone_many(s, dsts)
+            place.clone(s, dsts)
             wave.clones += len(dsts)
             for kid, dst in zip(kids[1:], dsts):
                 live[dst] = (gi, kid)
                 steps[dst] = steps[s]
-                obs[dst] = obs[s]
         times["restore"] += time.perf_counter() - t0
     return wave

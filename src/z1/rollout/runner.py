@@ -2,7 +2,9 @@
 
 `PolicyRunner` bundles the model, the observation encoder, the normalization and the env's action
 bounds. It computes the VLM prefix once per *distinct* observation (bit-identical observations share one
-prefix forward, algorithms.md C.1) and samples one chunk per row on the shared KV cache.
+prefix forward, algorithms.md C.1) and samples one chunk per row on the shared KV cache. The same object
+runs in the learner process or, copied, in Ray env actors (`z1.distributed.ray_policy`); per-row seeds make
+a row's chunk independent of where and with which other rows it is computed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from z1.config import SamplerConfig
 from z1.models.pi05 import Pi05Policy, PolicyInputs, PrefixCache
-from z1.models.sampling import ChunkSample, sample_chunk
+from z1.models.sampling import ChunkSample, row_noise, sample_chunk
 from z1.models.transforms import ObservationEncoder
 from z1.types import EnvSpec, Normalization, Observation
 
@@ -26,7 +28,7 @@ class Acted:
     env_actions: np.ndarray  # (b, h_exec, d) un-normalized, clipped to the env bounds
     sample: ChunkSample  # model-space chunk, chain, stochastic steps, log-probs
     unique_inputs: PolicyInputs  # (u, ...) encoded distinct observations
-    unique_cache: PrefixCache  # (u, ...) their prefix KV caches
+    unique_cache: PrefixCache | None  # (u, ...) their prefix KV caches (None: not kept by the caller)
     row_to_unique: torch.Tensor  # (b,) int64 index into the unique observations
     prefix_forwards: int  # prefix rows computed (u)
 
@@ -99,9 +101,12 @@ class PolicyRunner:
         cfg: SamplerConfig,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
     ) -> Acted:
         """One chunk per observation. `noise` (b, h, a) is the initial x at t=1; drawn from `generator`
-        when not given. The SDE steps' noise always comes from `generator`."""
+        when not given; the SDE steps' noise and step ids come from `generator` too. With `seeds` (b,)
+        int64 instead, every random number of row r comes from its own seed (`row_noise`), so the row's
+        chunk is the same alone, in any batch, here or in an env actor."""
         if self.share_prefix:
             unique, rows = dedupe(observations)
         else:
@@ -116,10 +121,21 @@ class PolicyRunner:
         )
         a = self.model.config.action_dim
         h = self.model.config.action_horizon
-        if noise is None:
-            noise = torch.randn((len(observations), h, a), generator=generator)  # (b, h, a)
-        elif noise.shape != (len(observations), h, a):
-            raise ValueError(f"noise must be ({len(observations)}, {h}, {a}), got {tuple(noise.shape)}")
-        sample = sample_chunk(self.model, row_cache, noise, cfg, generator=generator)
+        if seeds is not None:
+            if noise is not None or seeds.shape != (len(observations),):
+                raise ValueError(
+                    f"seeds must be ({len(observations)},) and exclude noise, got {tuple(seeds.shape)}"
+                    f"{' and noise' if noise is not None else ''}"
+                )
+            rn = row_noise(seeds, cfg, h, a)
+            sample = sample_chunk(
+                self.model, row_cache, rn.noise, cfg, step_ids=rn.step_ids, sde_noise=rn.sde_noise
+            )
+        else:
+            if noise is None:
+                noise = torch.randn((len(observations), h, a), generator=generator)  # (b, h, a)
+            elif noise.shape != (len(observations), h, a):
+                raise ValueError(f"noise must be ({len(observations)}, {h}, {a}), got {tuple(noise.shape)}")
+            sample = sample_chunk(self.model, row_cache, noise, cfg, generator=generator)
         env_actions = self.to_env(sample.actions.float().numpy())
         return Acted(env_actions, sample, inputs, cache, row_idx, len(unique))
