@@ -70,8 +70,9 @@ class SlotActor:
         return self.incarnation, self.slots.spec(), os.getpid()
 
     def call(self, expect: str | None, cmd: str, args: tuple) -> tuple[str, bool, Any]:
-        """Run `_Slots.<cmd>(*args)` unless this is not the incarnation the caller expects (a restart
-        the caller has not seen): then nothing runs. Returns (incarnation, ran, value)."""
+        """Run `_Slots.<cmd>(*args)` (`PolicySlots.<name>(*args)` for cmd "policy:<name>") unless this is
+        not the incarnation the caller expects (a restart the caller has not seen): then nothing runs.
+        Returns (incarnation, ran, value)."""
         if expect is not None and expect != self.incarnation:
             return self.incarnation, False, None
         if cmd == "_sleep_for_test":  # for tests: a call that hangs
