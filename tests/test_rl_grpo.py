@@ -15,6 +15,7 @@ from z1.rl.grpo import (
     kl_early_stop,
     minibatch_indices,
     ratio_by_step,
+    ratio_std,
     total_term_weight,
 )
 
@@ -207,3 +208,25 @@ def test_ratio_by_step() -> None:
     out = ratio_by_step(new, torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool), steps, 4)
     assert out["ratio_by_step/mean_k3"] == pytest.approx(float((torch.tensor([0.1, 0.2]).exp()).mean()))
     assert "ratio_by_step/mean_k2" not in out
+
+
+def test_ratio_std_is_the_weighted_std_and_merges_over_shards() -> None:
+    """ratio/std from the moments equals the direct weighted std, also after two shards' statistics are
+    averaged by their term weights (what the data-parallel all-reduce does)."""
+    feats, theta, adv, w, valid = problem(n=16, seed=3)
+    old = (feats @ theta).detach()  # (n, j)
+    new = old + 0.05 * torch.randn(old.shape, generator=torch.Generator().manual_seed(4), dtype=old.dtype)
+    cfg = GRPOConfig()
+    ww = (w[:, None] * valid).double()  # (n, j)
+    r = (new - old).exp()
+    mean = float((ww * r).sum() / ww.sum())
+    direct = float(((ww * (r - mean) ** 2).sum() / ww.sum()).sqrt())
+    _, st = grpo_loss(new, old, adv, w, valid, cfg, 1.0)
+    assert st["ratio/std"] == pytest.approx(direct, rel=1e-4)
+    parts = [
+        grpo_loss(new[s], old[s], adv[s], w[s], valid[s], cfg, 1.0)[1] for s in (slice(0, 5), slice(5, 16))
+    ]
+    tot = sum(p["terms/weight"] for p in parts)
+    merged = {k: sum(p[k] * p["terms/weight"] for p in parts) / tot for k in ("ratio/mean", "ratio/sq_dev")}
+    assert ratio_std(merged) == pytest.approx(direct, rel=1e-4)
+    assert sum(p["ratio/std"] * p["terms/weight"] for p in parts) / tot != pytest.approx(direct, rel=1e-3)

@@ -196,6 +196,24 @@ class DistContext:
         buf = buf.cpu()
         return {k: float(buf[i + 1] / buf[0]) for i, k in enumerate(keys)}
 
+    def all_gather_object(self, obj: T) -> list[T]:
+        """Every rank's `obj` (picklable), in rank order, on every rank; `[obj]` in one process. For
+        small per-rank records (group outcomes, counters), not for tensors of any size."""
+        if not self.is_distributed:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def any_true(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank: one decision (an early stop, a time budget)
+        that all ranks take together, so they keep calling the same collectives."""
+        if not self.is_distributed:
+            return bool(flag)
+        buf = torch.tensor([1.0 if flag else 0.0], dtype=torch.float32, device=self.device)
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+        return bool(buf.item() > 0)
+
     def barrier(self) -> None:
         if self.is_distributed:
             dist.barrier()

@@ -108,7 +108,7 @@ class WeightVersions:
         # Only the tensors written since `base`: with --selective.mode expert that is the 300M action
         # expert of a pi0.5 (0.6 GB in bf16), with lora only the adapters; the frozen VLM never travels.
         state = runner.model.state_dict()
-        tensors = {k: state[k].detach() for k, v in self._changed_at.items() if v > base}
+        tensors = {k: state[k].detach().cpu() for k, v in self._changed_at.items() if v > base}
         return PolicyPayload(self.version, base, None, tensors)
 
 

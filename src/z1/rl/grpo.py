@@ -19,6 +19,7 @@ minibatch's own weight) so the step size does not shrink with the minibatch coun
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -153,25 +154,27 @@ def grpo_loss(
 def _stats(
     log_ratio: Tensor, ratio: Tensor, adv2: Tensor, adv_raw: Tensor, w: Tensor, mask: Tensor, cfg: GRPOConfig
 ) -> dict[str, float]:
+    """Always the same keys. A batch without valid terms (a data-parallel rank whose share of a minibatch
+    is empty) gets neutral values: 0 for the means (it enters the rank-weighted mean with weight 0),
+    +inf for minima and -inf for maxima (the min / max over ranks ignores them)."""
     wsum = float(w.sum())
     n_terms = int(mask.sum())
+    empty = n_terms == 0 or wsum <= 0
     out: dict[str, float] = {"terms/weight": wsum, "terms/count": float(n_terms)}
-    if n_terms == 0 or wsum <= 0:
-        return out
 
     def wmean(x: Tensor) -> float:
-        return float((w * x.float()).sum() / wsum)
+        return 0.0 if empty else float((w * x.float()).sum() / wsum)
 
-    r_valid = ratio[mask]
+    r_valid = ratio[mask]  # (terms,)
     mean_r = wmean(ratio)
     out.update(
         {
             "ratio/mean": mean_r,
-            "ratio/std": wmean((ratio - mean_r) ** 2) ** 0.5,
-            "ratio/min": float(r_valid.min()),
-            "ratio/max": float(r_valid.max()),
+            "ratio/sq_dev": wmean((ratio - 1.0) ** 2),
+            "ratio/min": math.inf if empty else float(r_valid.min()),
+            "ratio/max": -math.inf if empty else float(r_valid.max()),
             "ratio/abs_dev": wmean((ratio - 1.0).abs()),
-            "log_ratio/abs_max": float(log_ratio[mask].abs().max()),
+            "log_ratio/abs_max": -math.inf if empty else float(log_ratio[mask].abs().max()),
             # Zero-gradient regions of the clipped objective (§F clip fractions).
             "clip_frac/high": wmean((adv2 > 0) & (ratio > 1.0 + cfg.clip_high)),
             "clip_frac/low": wmean((adv2 < 0) & (ratio < 1.0 - cfg.clip_low)),
@@ -183,10 +186,11 @@ def _stats(
             "approx_kl/k2": wmean(0.5 * log_ratio**2),
             "approx_kl/k3": wmean(ratio - 1.0 - log_ratio),
             "adv/clip_frac": float((adv_raw.abs() > cfg.adv_clip).float().mean())
-            if cfg.adv_clip is not None
+            if cfg.adv_clip is not None and adv_raw.numel() > 0
             else 0.0,
         }
     )
+    out["ratio/std"] = ratio_std(out)
     return out
 
 
@@ -237,3 +241,14 @@ def minibatch_indices(n: int, minibatches: int, generator: torch.Generator | Non
     if not 1 <= minibatches <= n:
         raise GRPOError(f"need 1 <= minibatches <= n rows, got minibatches={minibatches}, n={n}")
     return list(torch.randperm(n, generator=generator).tensor_split(minibatches))
+
+
+def ratio_std(stats: dict[str, float]) -> float:
+    """The weighted std of the ratio from the mergeable moments "ratio/mean" and "ratio/sq_dev" (the
+    weighted mean of (r - 1)^2): recomputed after data-parallel ranks average their statistics, where a
+    mean of per-rank stds would not be the global std. Centred at 1, where the ratios are, so float32
+    reduction keeps its precision."""
+    if "ratio/sq_dev" not in stats:
+        return 0.0
+    d = stats["ratio/mean"] - 1.0
+    return max(stats["ratio/sq_dev"] - d * d, 0.0) ** 0.5

@@ -12,6 +12,7 @@ Order of operations (algorithms.md D -> B.6 -> D.4 -> C.4-C.6):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,15 +39,73 @@ class AdvantageConfig:
     """Weight of the group-global advantage A_glob = V(m) - V(root) (tree mode)."""
 
 
+@dataclass(frozen=True)
+class GroupOutcome:
+    """What scoring needs of one group beyond its tree: the task and its leaves' outcomes in tree order.
+    Small and picklable: data-parallel ranks exchange these so that every rank scores the whole batch."""
+
+    task: str
+    successes: np.ndarray  # (g,) bool
+    times: np.ndarray  # (g,) float64 env steps to the first success (0 for failures)
+
+
+def group_outcomes(batch: RolloutBatch) -> list[GroupOutcome]:
+    """The outcomes of the batch's groups, in batch order."""
+    out = []
+    for g in batch.groups:
+        _, succ, times = g.leaf_outcomes()
+        out.append(GroupOutcome(g.task, succ, times))
+    return out
+
+
+@dataclass(frozen=True)
+class ChunkSummary:
+    """Per-chunk and per-edge numbers of one scored batch, from which the chunk statistics are computed
+    (`chunk_stats`); the summaries of data-parallel ranks concatenate into the whole batch's."""
+
+    adv: np.ndarray  # (n,) float64 per chunk
+    train: np.ndarray  # (n,) bool per chunk
+    edge_train: np.ndarray  # (e,) bool per tree edge of the kept groups
+    edge_loc_zero: np.ndarray  # (e,) bool: |A_loc| ~ 0
+    edge_depth: np.ndarray  # (e,) int64
+    edge_abs_adv: np.ndarray  # (e,) float64 |A(e)|
+
+
+def chunk_stats(parts: Sequence[ChunkSummary]) -> dict[str, float]:
+    """Advantage, trainable-edge and chunk-count statistics of the concatenation of `parts`."""
+    adv = np.concatenate([p.adv for p in parts])
+    train = np.concatenate([p.train for p in parts])
+    edge_train = np.concatenate([p.edge_train for p in parts])
+    edge_loc_zero = np.concatenate([p.edge_loc_zero for p in parts])
+    edge_depth = np.concatenate([p.edge_depth for p in parts])
+    edge_abs = np.concatenate([p.edge_abs_adv for p in parts])
+    n, edges = adv.shape[0], edge_train.shape[0]
+    stats = {
+        "adv/mean": float(adv[train].mean()) if train.any() else 0.0,
+        "adv/std": float(adv[train].std()) if train.any() else 0.0,
+        "adv/abs_max": float(np.abs(adv).max()) if n else 0.0,
+        "adv/frac_nonzero": float((np.abs(adv) > 1e-6).mean()) if n else 0.0,
+        "tree/trainable_edge_frac": int(edge_train.sum()) / max(1, edges),
+        "tree/a_loc_zero_frac": int(edge_loc_zero.sum()) / max(1, edges),
+        "chunks/total": float(n),
+        "chunks/trainable": float(train.sum()),
+    }
+    for d in sorted(set(edge_depth.tolist())):
+        stats[f"adv/abs_depth{d}"] = float(np.mean(edge_abs[edge_depth == d]))
+    return stats
+
+
 @dataclass
 class ScoredBatch:
     advantages: np.ndarray  # (n,) per chunk
     weights: np.ndarray  # (n,) per chunk: the edge's sampling mass rho
     trainable: np.ndarray  # (n,) bool
-    returns: list[np.ndarray]  # per group (g,) calibrated leaf returns
-    kept: np.ndarray  # (groups,) bool, survived the range filter
+    returns: list[np.ndarray]  # per group of the batch (g,) calibrated leaf returns
+    kept: np.ndarray  # (groups of the batch,) bool, survived the range filter
     sigma: float
     stats: dict[str, float]
+    """Group statistics of the whole plan; chunk statistics (`chunk_stats`) of this batch's chunks."""
+    chunks: ChunkSummary
 
 
 def score_batch(
@@ -55,41 +114,62 @@ def score_batch(
     task_stats: TaskTimeStats,
     adv_cfg: AdvantageConfig,
     flat: bool,
+    plan_outcomes: Sequence[GroupOutcome] | None = None,
+    first_group: int = 0,
 ) -> ScoredBatch:
-    returns: list[np.ndarray] = []
-    successes: list[np.ndarray] = []
-    times_by_group: list[np.ndarray] = []
-    for g in batch.groups:
-        leaves, succ, times = g.leaf_outcomes()
-        times_by_group.append(times)
-        r = calibrate(succ, times, g.task, task_stats, reward_cfg)
-        for leaf, value in zip(leaves, r):
+    """Score `batch` (see the module docstring); `task_stats` absorbs the batch's outcomes afterwards.
+
+    Data-parallel: when `batch` holds only this rank's groups, `plan_outcomes` are the outcomes of every
+    group of the iteration in plan order (all ranks' `group_outcomes`, concatenated) and `first_group`
+    is the plan index of the batch's first group. Calibration, the range filter, the pooled sigma, the
+    group statistics and the `task_stats` update then use the whole plan, identically on every rank, and
+    the per-chunk arrays cover this batch's chunks. Default: the batch is the whole plan.
+    """
+    mine = group_outcomes(batch)
+    plan = mine if plan_outcomes is None else list(plan_outcomes)
+    if first_group + len(mine) > len(plan):
+        raise ValueError(f"the batch's {len(mine)} groups from {first_group} exceed the plan's {len(plan)}")
+    for gi, (own, listed) in enumerate(zip(mine, plan[first_group : first_group + len(mine)])):
+        if own.task != listed.task or not np.array_equal(own.successes, listed.successes):
+            raise ValueError(
+                f"group {gi} of the batch ({own.task!r}) is not plan group {first_group + gi} "
+                f"({listed.task!r}): plan_outcomes / first_group do not describe this batch"
+            )
+    returns_all = [calibrate(o.successes, o.times, o.task, task_stats, reward_cfg) for o in plan]
+    returns = returns_all[first_group : first_group + len(mine)]
+    for g, r in zip(batch.groups, returns):
+        for leaf, value in zip(g.tree.leaves(), r):
             g.tree.set_leaf_return(leaf, float(value))
-        returns.append(r)
-        successes.append(succ)
-    kept = range_filter(returns, reward_cfg.range_delta)
-    kept_returns = [r for r, k in zip(returns, kept) if k]
+    kept_all = range_filter(returns_all, reward_cfg.range_delta)
+    kept = kept_all[first_group : first_group + len(mine)]
+    kept_returns = [r for r, k in zip(returns_all, kept_all) if k]
     if reward_cfg.norm == "pooled":
         sigma = pooled_sigma(kept_returns, reward_cfg)
-        sigmas = [sigma] * len(returns)
+        sigmas = [sigma] * len(returns_all)
     elif reward_cfg.norm == "group":
-        sigmas = [max(float(r.std()), reward_cfg.sigma_min) for r in returns]
-        sigma = float(np.mean([s for s, k in zip(sigmas, kept) if k])) if kept.any() else reward_cfg.sigma_min
+        sigmas = [max(float(r.std()), reward_cfg.sigma_min) for r in returns_all]
+        sigma = (
+            float(np.mean([s for s, k in zip(sigmas, kept_all) if k]))
+            if kept_all.any()
+            else reward_cfg.sigma_min
+        )
     else:
-        sigma, sigmas = 1.0, [1.0] * len(returns)
+        sigma, sigmas = 1.0, [1.0] * len(returns_all)
 
     w_loc, w_glob = (0.0, 1.0) if flat else (adv_cfg.w_loc, adv_cfg.w_glob)
     n = batch.num_chunks
     adv = np.zeros(n, dtype=np.float64)
     wts = np.zeros(n, dtype=np.float64)
     train = np.zeros(n, dtype=bool)
-    loc_zero = trainable_count = edges = 0
-    depth_abs: dict[int, list[float]] = {}
+    edge_train: list[bool] = []
+    edge_loc_zero: list[bool] = []
+    edge_depth: list[int] = []
+    edge_abs: list[float] = []
     for gi, g in enumerate(batch.groups):
         on_group = batch.chunk_group == gi
         if not kept[gi]:
             continue
-        a_nodes = edge_advantages(g.tree, sigmas[gi], w_loc, w_glob)
+        a_nodes = edge_advantages(g.tree, sigmas[first_group + gi], w_loc, w_glob)
         rho = edge_weights(g.tree)
         tr = trainable_edges(g.tree, a_nodes)
         a_loc, _ = local_global_advantages(g.tree)
@@ -98,42 +178,42 @@ def score_batch(
         wts[on_group] = rho[nodes]
         train[on_group] = tr[nodes]
         for node in g.tree.nodes[1:]:
-            edges += 1
-            trainable_count += int(tr[node.id])
-            loc_zero += int(abs(a_loc[node.id]) < 1e-12)
-            depth_abs.setdefault(node.depth, []).append(abs(float(a_nodes[node.id])))
+            edge_train.append(bool(tr[node.id]))
+            edge_loc_zero.append(bool(abs(a_loc[node.id]) < 1e-12))
+            edge_depth.append(int(node.depth))
+            edge_abs.append(abs(float(a_nodes[node.id])))
+    chunks = ChunkSummary(
+        adv=adv,
+        train=train,
+        edge_train=np.array(edge_train, dtype=bool),
+        edge_loc_zero=np.array(edge_loc_zero, dtype=bool),
+        edge_depth=np.array(edge_depth, dtype=np.int64),
+        edge_abs_adv=np.array(edge_abs, dtype=np.float64),
+    )
 
     # Fold this batch into the task statistics only after it was scored (D.1 uses p_hat from before).
     by_task: dict[str, tuple[list, list]] = {}
-    for g, s, times in zip(batch.groups, successes, times_by_group):
-        by_task.setdefault(g.task, ([], []))
-        by_task[g.task][0].append(s)
-        by_task[g.task][1].append(times)
+    for o in plan:
+        by_task.setdefault(o.task, ([], []))
+        by_task[o.task][0].append(o.successes)
+        by_task[o.task][1].append(o.times)
     for task, (ss, ts) in by_task.items():
         task_stats.update(task, np.concatenate(ss), np.concatenate(ts), reward_cfg)
 
-    stats = group_stats(successes, returns, reward_cfg.range_delta)
+    successes = [o.successes for o in plan]
+    stats = group_stats(successes, returns_all, reward_cfg.range_delta)
     stats = {f"groups/{k.removeprefix('frac_')}": v for k, v in stats.items()}
     stats.update(
         {
-            "groups/kept": float(kept.sum()),
+            "groups/kept": float(kept_all.sum()),
             # (c) of the GRPO benchmark: groups carrying learning signal under the active calibration vs
             # under binary rewards (D0 keeps only mixed groups).
-            "groups/signal_frac": float(kept.mean()) if len(kept) else 0.0,
+            "groups/signal_frac": float(kept_all.mean()) if len(kept_all) else 0.0,
             "groups/signal_frac_D0": float(np.mean([s.any() and not s.all() for s in successes]))
             if successes
             else 0.0,
             "adv/sigma": float(sigma),
-            "adv/mean": float(adv[train].mean()) if train.any() else 0.0,
-            "adv/std": float(adv[train].std()) if train.any() else 0.0,
-            "adv/abs_max": float(np.abs(adv).max()) if n else 0.0,
-            "adv/frac_nonzero": float((np.abs(adv) > 1e-6).mean()) if n else 0.0,
-            "tree/trainable_edge_frac": trainable_count / max(1, edges),
-            "tree/a_loc_zero_frac": loc_zero / max(1, edges),
-            "chunks/total": float(n),
-            "chunks/trainable": float(train.sum()),
         }
     )
-    for d, vals in sorted(depth_abs.items()):
-        stats[f"adv/abs_depth{d}"] = float(np.mean(vals))
-    return ScoredBatch(adv, wts, train, returns, kept, float(sigma), stats)
+    stats.update(chunk_stats([chunks]))
+    return ScoredBatch(adv, wts, train, returns, kept, float(sigma), stats, chunks)

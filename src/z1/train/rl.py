@@ -21,8 +21,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from z1.distributed.ddp import allreduce_grads
-from z1.evaluate import EvalConfig, eval_metrics, evaluate, markdown_table
+from z1.config import ConfigError
+from z1.distributed.ddp import DistContext, allreduce_grads
+from z1.distributed.ddp import current as current_dist
+from z1.evaluate import EvalConfig, EvalResult, eval_metrics, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
 from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
 from z1.models.sampling import exec_mask, recompute_logprob, sample_chunk, time_grid
@@ -32,13 +34,14 @@ from z1.rl.grpo import (
     grpo_loss,
     kl_early_stop,
     minibatch_indices,
+    ratio_std,
     total_term_weight,
 )
 from z1.rl.params import SelectiveConfig, apply_selective, frozen_prefix, grad_norms_by_group
 from z1.rl.reward import RewardConfig, TaskTimeStats
-from z1.rl.scoring import AdvantageConfig, score_batch
+from z1.rl.scoring import AdvantageConfig, chunk_stats, group_outcomes, score_batch
 from z1.rl.task_sampling import TaskSamplingConfig, plan_task_counts
-from z1.rollout.collector import RolloutBatch, RolloutConfig, collect_groups
+from z1.rollout.collector import RolloutBatch, RolloutConfig, cat_caches, cat_inputs, collect_groups
 from z1.train.metrics import MetricsLogger
 from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks, suite_for
 
@@ -95,6 +98,11 @@ class RLConfig:
     calibration_episodes: int = 10
     """Tree mode: ODE episodes per task of the initial policy, run once before training to seed the
     branch points (median success length C_med) and the reward's reference time T_min."""
+    wave_rng: bool | None = None
+    """Roll out each wave (`num_slots // rollout.group_size` groups of the iteration) with its own random
+    streams, seeded by (seed, iteration, wave), so a wave's rollouts do not depend on the process that
+    collects it. None: on under torchrun (required there), off in one process (one run-wide stream, as
+    before). A one-process run with --wave-rng True equals a torchrun run with the same --num-slots."""
 
 
 def group_plan(
@@ -169,57 +177,58 @@ def grpo_update(
 
     With `cfg.kl_beta > 0`, `ref_model` (the frozen initial policy) adds the exact per-step Gaussian KL
     between the current and the reference step means (algorithms.md B.4) to the loss.
+
+    Data-parallel (z1.distributed.ddp, torchrun): `batch` holds this rank's chunks. The trainable rows of
+    all ranks, in rank order, form the global list that one process would hold; every rank draws the same
+    permutation of it (`generator` runs in lockstep) and computes the loss of the rows of each minibatch
+    it owns, and `allreduce_grads` turns the gradients into the global term-weighted mean. A rank that
+    owns no row of a minibatch (or none at all) contributes a zero gradient with weight 0, so every rank
+    takes the same optimizer steps, and the KL early stop is decided together.
     """
     if cfg.kl_beta > 0 and ref_model is None:
         raise ValueError("GRPOConfig.kl_beta > 0 needs the reference policy (ref_model)")
-    idx_all = torch.as_tensor(np.flatnonzero(trainable), dtype=torch.long)
-    out: dict[str, float] = {"update/terms": float(idx_all.numel()), "update/steps": 0.0}
-    if idx_all.numel() == 0:
+    ctx = current_dist()
+    idx_all = torch.as_tensor(np.flatnonzero(trainable), dtype=torch.long)  # (n_local,) this rank's rows
+    n_local = int(idx_all.numel())
+    sizes = ctx.all_gather_object(n_local)  # trainable rows of every rank
+    n_global, offset = sum(sizes), sum(sizes[: ctx.rank])
+    out: dict[str, float] = {"update/terms": float(n_global), "update/steps": 0.0}
+    if n_global == 0:
         return out
     adv = torch.as_tensor(advantages, dtype=torch.float32)
     wts = torch.as_tensor(weights, dtype=torch.float32)
     valid_all = torch.ones_like(batch.logprobs, dtype=torch.bool)
+    params = [p for ps in groups.params.values() for p in ps]
     agg: dict[str, list[float]] = {}
     epochs_run = 0
     stop = False
     for epoch in range(cfg.epochs):
-        for mb, local in enumerate(minibatch_indices(int(idx_all.numel()), cfg.minibatches, generator)):
-            idx = idx_all[local]
-            rows = batch.obs_index[idx]
-            chains, step_ids = batch.chains[idx], batch.step_ids[idx]
-            if prefix_frozen and batch.caches is not None:
-                cache = batch.caches.index(rows)
-                new_lp, means = recompute_logprob(model, None, chains, step_ids, sampler, cache=cache)
-            else:
-                cache = None
-                new_lp, means = recompute_logprob(model, batch.inputs.index(rows), chains, step_ids, sampler)
-            ref_kl = None
-            if cfg.kl_beta > 0:
-                with torch.no_grad():  # the frozen prefix is the same for the reference; else rebuild it
-                    ref_in = None if cache is not None else batch.inputs.index(rows)
-                    _, ref_means = recompute_logprob(
-                        ref_model, ref_in, chains, step_ids, sampler, cache=cache
-                    )
-                mask = exec_mask(chains.shape[2], chains.shape[3], sampler.h_exec, sampler.d_exec)
-                ref_kl = gaussian_kl(means, ref_means, step_std(step_ids, sampler), mask)  # (n, j)
-            total = total_term_weight(wts[idx], valid_all[idx])
-            loss, st = grpo_loss(
-                new_lp, batch.logprobs[idx], adv[idx], wts[idx], valid_all[idx], cfg, total, ref_kl=ref_kl
-            )
+        for mb, perm in enumerate(minibatch_indices(n_global, cfg.minibatches, generator)):
+            mine = perm[(perm >= offset) & (perm < offset + n_local)] - offset  # (m,) in permuted order
+            idx = idx_all[mine]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if idx.numel() > 0:
+                new_lp, st, total = _minibatch_backward(
+                    model, batch, idx, adv, wts, valid_all, sampler, cfg, prefix_frozen, ref_model
+                )
+            else:  # nothing of this minibatch here: zero gradient, weight 0, the same statistic keys
+                none = batch.logprobs[:0]  # (0, j)
+                ref_kl = none if cfg.kl_beta > 0 else None
+                _, st = grpo_loss(none, none, adv[:0], wts[:0], valid_all[:0], cfg, 1.0, ref_kl=ref_kl)
+                new_lp, total = none, 0.0
             st = allreduce_grads(model.parameters(), total, st)  # DDP: global term-weighted mean; else no-op
+            st["ratio/std"] = ratio_std(st)  # from the (reduced) moments
             gn = grad_norms_by_group(groups)
-            torch.nn.utils.clip_grad_norm_([p for ps in groups.params.values() for p in ps], grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             out["update/steps"] += 1
             if epoch == 0 and mb == 0:
-                out["first_mb/log_ratio_abs_mean"] = float(
-                    (new_lp.detach() - batch.logprobs[idx]).abs().mean()
-                )
+                dev = (new_lp.detach() - batch.logprobs[idx]).abs()  # (m, j)
+                local_mean = float(dev.mean()) if dev.numel() else 0.0
+                out["first_mb/log_ratio_abs_mean"] = ctx.allreduce_mean({"v": local_mean}, dev.numel())["v"]
             for k, v in {**st, **gn}.items():
                 agg.setdefault(k, []).append(float(v))
-            if kl_early_stop(st.get("approx_kl/k3", 0.0), cfg):
+            if ctx.any_true(kl_early_stop(st.get("approx_kl/k3", 0.0), cfg)):
                 stop = True
                 break
         epochs_run += 1
@@ -231,18 +240,192 @@ def grpo_update(
     return out
 
 
+def _minibatch_backward(
+    model,
+    batch: RolloutBatch,
+    idx: torch.Tensor,
+    adv: torch.Tensor,
+    wts: torch.Tensor,
+    valid_all: torch.Tensor,
+    sampler,
+    cfg: GRPOConfig,
+    prefix_frozen: bool,
+    ref_model,
+) -> tuple[torch.Tensor, dict[str, float], float]:
+    """Loss of the rows `idx` (m,) normalized by their own term weight, backpropagated.
+    Returns the recomputed log-probs (m, j), the loss statistics and the term weight."""
+    rows = batch.obs_index[idx]
+    chains, step_ids = batch.chains[idx], batch.step_ids[idx]
+    if prefix_frozen and batch.caches is not None:
+        cache = batch.caches.index(rows)
+        new_lp, means = recompute_logprob(model, None, chains, step_ids, sampler, cache=cache)
+    else:
+        cache = None
+        new_lp, means = recompute_logprob(model, batch.inputs.index(rows), chains, step_ids, sampler)
+    ref_kl = None
+    if cfg.kl_beta > 0:
+        with torch.no_grad():  # the frozen prefix is the same for the reference; else rebuild it
+            ref_in = None if cache is not None else batch.inputs.index(rows)
+            _, ref_means = recompute_logprob(ref_model, ref_in, chains, step_ids, sampler, cache=cache)
+        mask = exec_mask(chains.shape[2], chains.shape[3], sampler.h_exec, sampler.d_exec)
+        ref_kl = gaussian_kl(means, ref_means, step_std(step_ids, sampler), mask)  # (m, j)
+    total = total_term_weight(wts[idx], valid_all[idx])
+    loss, st = grpo_loss(
+        new_lp, batch.logprobs[idx], adv[idx], wts[idx], valid_all[idx], cfg, total, ref_kl=ref_kl
+    )
+    loss.backward()
+    return new_lp, st, total
+
+
+def wave_streams(seed: int, iteration: int, wave: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The rollout RNGs of wave `wave` of iteration `iteration` (`RLConfig.wave_rng`): a numpy Generator
+    (branch points) and a torch Generator (noise), functions of the three numbers alone."""
+    np_seq, torch_seq = np.random.SeedSequence([seed, iteration, wave]).spawn(2)
+    torch_seed = int(torch_seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))  # < 2**63
+    return np.random.default_rng(np_seq), torch.Generator().manual_seed(torch_seed)
+
+
+def combine_rollout_stats(parts: list[dict[str, float]], parallel: bool) -> dict[str, float]:
+    """The `RolloutBatch.stats` of several batches as one: counters summed; `time/*` summed for batches
+    collected one after another, the max for ranks collecting in parallel (wall time); env_step_ratio
+    recomputed from the summed env steps."""
+    out: dict[str, float] = {}
+    for k in dict.fromkeys(k for p in parts for k in p):
+        vals = [float(p[k]) for p in parts if k in p]
+        out[k] = max(vals) if parallel and k.startswith("time/") else float(sum(vals))
+    if "env_step_ratio" in out:
+        flat_steps = out.get("env_steps_flat_equiv", 0.0)
+        out["env_step_ratio"] = out.get("env_steps", 0.0) / flat_steps if flat_steps else float("nan")
+    return out
+
+
+def merge_batches(batches: list[RolloutBatch]) -> RolloutBatch:
+    """Concatenate rollout batches (in order) into one: observation rows and group indices shifted."""
+    if len(batches) == 1:
+        return batches[0]
+    obs_shift = np.cumsum([0] + [b.inputs.images.shape[0] for b in batches[:-1]])
+    group_shift = np.cumsum([0] + [len(b.groups) for b in batches[:-1]])
+    caches = [b.caches for b in batches]
+    return RolloutBatch(
+        groups=[g for b in batches for g in b.groups],
+        inputs=cat_inputs([b.inputs for b in batches]),
+        caches=None if any(c is None for c in caches) else cat_caches(caches),  # type: ignore[arg-type]
+        obs_index=torch.cat([b.obs_index + int(o) for b, o in zip(batches, obs_shift)]),  # (n,)
+        chains=torch.cat([b.chains for b in batches]),  # (n, k+1, h, a)
+        step_ids=torch.cat([b.step_ids for b in batches]),  # (n, j)
+        logprobs=torch.cat([b.logprobs for b in batches]),  # (n, j)
+        chunk_group=np.concatenate([b.chunk_group + int(o) for b, o in zip(batches, group_shift)]),
+        chunk_node=np.concatenate([b.chunk_node for b in batches]),
+        stats=combine_rollout_stats([b.stats for b in batches], parallel=False),
+    )
+
+
+def collect_waves(
+    runner,
+    venv,
+    plan: list[tuple[str, int]],
+    cfg: RLConfig,
+    iteration: int,
+    ctx: DistContext,
+    c_med: dict[str, float],
+    keep_caches: bool,
+) -> tuple[RolloutBatch, int]:
+    """This rank's waves of the plan (`venv.num_slots // group_size` groups each, a contiguous share of
+    the waves), each rolled out with its own `wave_streams`, so a wave's records do not depend on the
+    rank that collects it or on the other waves. Returns the batch and the plan index of its first group.
+    """
+    per_wave = venv.num_slots // cfg.rollout.group_size
+    n_waves = _check_waves(len(plan), per_wave, cfg, ctx)
+    lo, hi = ctx.shard_bounds(n_waves)
+    batches = []
+    for w in range(lo, hi):
+        w_rng, w_gen = wave_streams(cfg.seed, iteration, w)
+        part = plan[w * per_wave : (w + 1) * per_wave]
+        batches.append(collect_groups(runner, venv, part, cfg.rollout, w_rng, w_gen, c_med, keep_caches))
+    batch = merge_batches(batches)
+    first = lo * per_wave
+    for i, g in enumerate(batch.groups):
+        g.tree.group = first + i  # the plan index, as a one-call collection numbers them
+    return batch, first
+
+
+def evaluate_sharded(ctx: DistContext, runner, venv, tasks: list[str], cfg: EvalConfig) -> EvalResult:
+    """`evaluate`, the tasks split over the data-parallel ranks and the results gathered on every rank.
+    An episode's noise comes from its seed, so a task's result does not depend on the rank."""
+    if not ctx.is_distributed:
+        return evaluate(runner, venv, tasks, cfg)
+    mine = list(ctx.shard(tasks))
+    parts = ctx.all_gather_object(evaluate(runner, venv, mine, cfg) if mine else None)
+    done = [p for p in parts if p is not None]
+    results = {t: r for p in done for t, r in p.tasks.items()}
+    by_task = {t: results[t] for t in tasks}
+    avg = float(np.mean([r.rate for r in by_task.values()])) if by_task else 0.0
+    frames = {t: f for p in done for t, f in p.frames.items()}
+    return EvalResult(by_task, avg, sum(p.env_steps for p in done), frames)
+
+
+def _check_waves(groups: int, per_wave: int, cfg: RLConfig, ctx: DistContext) -> int:
+    """The number of waves of `groups` groups; every rank needs at least one (checked on all ranks)."""
+    if per_wave < 1:
+        raise ConfigError(f"--num-slots {cfg.num_slots} < --rollout.group-size {cfg.rollout.group_size}")
+    n_waves = -(-groups // per_wave)
+    if n_waves < ctx.world_size:
+        raise ConfigError(
+            f"{groups} groups per iteration make {n_waves} waves of {per_wave} (--num-slots {cfg.num_slots} "
+            f"// --rollout.group-size {cfg.rollout.group_size}) for {ctx.world_size} ranks, and every rank "
+            f"needs a wave: lower --num-slots to {cfg.rollout.group_size * max(1, groups // ctx.world_size)} "
+            "or raise --groups-per-task"
+        )
+    return n_waves
+
+
+def _check_distributed(cfg: RLConfig, ctx: DistContext) -> bool:
+    """Whether rollouts draw per-wave streams (`RLConfig.wave_rng`); refuses what torchrun cannot run."""
+    wave_rng = ctx.is_distributed if cfg.wave_rng is None else cfg.wave_rng
+    if not ctx.is_distributed:
+        return wave_rng
+    if not wave_rng:
+        raise ConfigError("--wave-rng False cannot run under torchrun: each rank collects its own waves")
+    if cfg.ray == "local":
+        raise ConfigError(
+            "--ray local would start one Ray cluster per torchrun rank; start Ray once (`ray start --head`) "
+            "and pass --ray auto, or leave --ray out (env slots in each rank's worker processes)"
+        )
+    return wave_rng
+
+
 def run_rl(cfg: RLConfig, console=None) -> dict:
-    """The GRPO loop. Returns a summary dict (also written to `out/rl_summary.json`)."""
+    """The GRPO loop. Returns a summary dict (also written to `out/rl_summary.json`).
+
+    Under torchrun every rank runs this with the same arguments: the ranks collect disjoint waves of each
+    iteration's groups, exchange the groups' outcomes so that each scores the whole batch (task
+    statistics, pooled sigma) identically, and take the same optimizer steps on all-reduced gradients.
+    Evaluations are split over the ranks by task. Rank 0 alone writes metrics, checkpoints, evaluations
+    and the summary; the other ranks write nothing.
+    """
+    ctx = DistContext.init_from_env()  # one process unless launched by torchrun
+    wave_rng = _check_distributed(cfg, ctx)
+    tasks = resolve_tasks(cfg.tasks)
+    if ctx.is_distributed:  # fail before any work, on every rank alike
+        _check_waves(cfg.groups_per_task * len(tasks), cfg.num_slots // cfg.rollout.group_size, cfg, ctx)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "rl_ckpt"
-    resume = cfg.resume and (ckpt_dir / "model.safetensors").exists()
+    found = (ckpt_dir / "model.safetensors").exists()
+    if cfg.resume and len(set(ctx.all_gather_object(found))) > 1:
+        raise RuntimeError(
+            f"--resume: {ckpt_dir} exists for some torchrun ranks only; every rank loads it, so --out must "
+            "be on a filesystem that all nodes share"
+        )
+    resume = cfg.resume and found
     loaded = load_checkpoint(ckpt_dir if resume else Path(cfg.init))
     model = loaded.model
     if loaded.norm is None:
         raise ValueError(
             f"checkpoint {cfg.init} has no normalization stats (norm_stats.json); run `z1 sft` first"
         )
+    ctx.broadcast_params(model)  # identical weights on every rank (they read the same file)
     ref_model = None
     if cfg.grpo.kl_beta > 0:  # the policy GRPO starts from anchors the update (B.4)
         ref_model = copy.deepcopy(load_checkpoint(Path(cfg.init)).model).eval().requires_grad_(False)
@@ -250,14 +433,14 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     groups = apply_selective(model, sel)
     prefix_is_frozen = frozen_prefix(model, sel)
     optimizer = torch.optim.AdamW(groups.optimizer_groups(), betas=(0.9, 0.95), eps=1e-8)
-    tasks = resolve_tasks(cfg.tasks)
+    # Every rank keeps these in lockstep: the same draws (task counts, minibatch permutations) in order.
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     task_stats = TaskTimeStats()
     for t in tasks:
         task_stats.register(t, cfg.rollout.max_steps)
     start_iter = 0
-    logger = MetricsLogger(out, "rl")
+    logger = MetricsLogger(out, "rl") if ctx.is_main else None
     if resume:
         state = load_train_state(
             ckpt_dir / "train_state",
@@ -268,7 +451,8 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
         meta = state.meta
         start_iter = int(meta["iteration"]) + 1
         task_stats = TaskTimeStats.from_json(meta["task_stats"])
-        logger.truncate_after(start_iter)
+        if logger is not None:
+            logger.truncate_after(start_iter)
     venv = make_vector_env(
         suite_for(cfg.tasks, cfg.suite), cfg.num_slots, cfg.workers, cfg.image_size, ray=cfg.ray
     )
@@ -292,22 +476,24 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
         flat = cfg.rollout.mode == "flat"
         if start_iter == 0 and cfg.calibration_episodes > 0 and cfg.rollout.mode == "tree":
             # The SFT policy's success lengths seed C_med (branch points) and T_min (reward calibration).
-            base = evaluate(
-                runner, venv, tasks, replace(eval_cfg, episodes_per_task=cfg.calibration_episodes)
+            base = evaluate_sharded(
+                ctx, runner, venv, tasks, replace(eval_cfg, episodes_per_task=cfg.calibration_episodes)
             )
             for t, r in base.tasks.items():
                 task_stats.update(t, np.array(r.success_flags), np.array(r.lengths, dtype=float), cfg.reward)
-            logger.log(0, {**eval_metrics(base), "env_steps": 0, "env_steps_flat_equiv": 0})
+            if logger is not None:
+                logger.log(0, {**eval_metrics(base), "env_steps": 0, "env_steps_flat_equiv": 0})
         cum_env = cum_flat = 0.0
         if resume:
             cum_env = float(meta.get("cum_env_steps", 0.0))
             cum_flat = float(meta.get("cum_env_steps_flat", 0.0))
-        with progress_bar(console) as progress:
+        with progress_bar(console, disable=not ctx.is_main) as progress:
             it_task = progress.add_task("GRPO", total=cfg.iterations, completed=start_iter)
             t_run = time.perf_counter()
             done_iters = start_iter
             for it in range(start_iter, cfg.iterations):
-                if cfg.max_minutes is not None and time.perf_counter() - t_run > 60.0 * cfg.max_minutes:
+                over = cfg.max_minutes is not None and time.perf_counter() - t_run > 60.0 * cfg.max_minutes
+                if ctx.any_true(over):  # all ranks stop together
                     break
                 counts = plan_task_counts(
                     tasks, cfg.groups_per_task, task_stats.p_hat, cfg.task_sampling, rng
@@ -316,10 +502,22 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                 plan = group_plan(tasks, counts, it, stride)
                 cmed = c_med_by_task(task_stats, tasks, cfg.rollout.h_exec, cfg.rollout.max_steps)
                 model.eval()
-                batch = collect_groups(
-                    runner, venv, plan, cfg.rollout, rng, generator, cmed, keep_caches=prefix_is_frozen
+                first = 0
+                if wave_rng:
+                    batch, first = collect_waves(
+                        runner, venv, plan, cfg, it, ctx, cmed, keep_caches=prefix_is_frozen
+                    )
+                else:
+                    batch = collect_groups(
+                        runner, venv, plan, cfg.rollout, rng, generator, cmed, keep_caches=prefix_is_frozen
+                    )
+                mine = group_outcomes(batch)
+                branch_nodes = [len(g.tree.branch_nodes()) for g in batch.groups]
+                shared = ctx.all_gather_object((mine, branch_nodes))  # every rank's groups, plan order
+                outcomes = [o for part, _ in shared for o in part]
+                scored = score_batch(
+                    batch, cfg.reward, task_stats, cfg.advantage, flat, outcomes, first_group=first
                 )
-                scored = score_batch(batch, cfg.reward, task_stats, cfg.advantage, flat)
                 before = ode_probe(model, batch, sampler)
                 model.train()
                 t0 = time.perf_counter()
@@ -341,34 +539,45 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                 t_update = time.perf_counter() - t0
                 model.eval()
                 after = ode_probe(model, batch, sampler)
+                shift = None
                 if before is not None and after is not None:  # RMS move of the eval-time actions
-                    upd["update/ode_action_shift"] = float((after - before).pow(2).mean().sqrt())
-                cum_env += batch.stats["env_steps"]
-                cum_flat += batch.stats["env_steps_flat_equiv"]
+                    shift = (after - before).pow(2)  # (r, h_exec, d_exec)
+                    upd["update/ode_action_shift"] = float(shift.mean().sqrt())
+                rollout_stats = batch.stats
                 metrics: dict[str, float] = {**scored.stats, **upd}
-                metrics.update({f"rollout/{k}": v for k, v in batch.stats.items()})
+                if ctx.is_distributed:  # sums over the ranks' batches (max of the wall times)
+                    shift_sums = None if shift is None else (float(shift.double().sum()), shift.numel())
+                    parts = ctx.all_gather_object((batch.stats, scored.chunks, t_update, shift_sums))
+                    rollout_stats = combine_rollout_stats([p[0] for p in parts], parallel=True)
+                    metrics.update(chunk_stats([p[1] for p in parts]))
+                    t_update = max(p[2] for p in parts)
+                    sums = [p[3] for p in parts if p[3] is not None]
+                    if sums:
+                        sq, n = sum(x for x, _ in sums), sum(c for _, c in sums)
+                        metrics["update/ode_action_shift"] = float(np.sqrt(sq / n))
+                cum_env += rollout_stats["env_steps"]
+                cum_flat += rollout_stats["env_steps_flat_equiv"]
+                metrics.update({f"rollout/{k}": v for k, v in rollout_stats.items()})
                 metrics.update(
                     {"env_steps": cum_env, "env_steps_flat_equiv": cum_flat, "time/update": t_update}
                 )
-                metrics["time/rollout"] = batch.stats["time/rollout"]
+                metrics["time/rollout"] = rollout_stats["time/rollout"]
                 succ_by_task: dict[str, list[bool]] = {}
-                for g in batch.groups:
-                    _, s, _ = g.leaf_outcomes()
-                    succ_by_task.setdefault(g.task, []).extend(s.tolist())
+                for o in outcomes:
+                    succ_by_task.setdefault(o.task, []).extend(o.successes.tolist())
                 for t, s in succ_by_task.items():
                     metrics[f"train_success/{t}"] = float(np.mean(s))
                 for t, c in zip(tasks, counts):
                     metrics[f"groups_of/{t}"] = float(c)
                 metrics["train_success_avg"] = float(np.mean([np.mean(s) for s in succ_by_task.values()]))
-                metrics["tree/leaves_per_group"] = float(
-                    np.mean([len(g.tree.leaves()) for g in batch.groups])
-                )
-                metrics["tree/branch_nodes"] = float(
-                    np.mean([len(g.tree.branch_nodes()) for g in batch.groups])
-                )
-                metrics["tree/prefix_forwards_saved"] = batch.stats["prefix_forwards_saved"]
+                metrics["tree/leaves_per_group"] = float(np.mean([len(o.successes) for o in outcomes]))
+                metrics["tree/branch_nodes"] = float(np.mean([n for _, part in shared for n in part]))
+                metrics["tree/prefix_forwards_saved"] = rollout_stats["prefix_forwards_saved"]
                 if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
-                    metrics.update(eval_metrics(evaluate(runner, venv, tasks, eval_cfg)))
+                    metrics.update(eval_metrics(evaluate_sharded(ctx, runner, venv, tasks, eval_cfg)))
+                done_iters = it + 1
+                if logger is None:  # ranks > 0 write nothing
+                    continue
                 logger.log(it + 1, metrics)
                 spec = TrainStateSpec(
                     optimizer,
@@ -385,7 +594,6 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                 extra = {**(loaded.extra or {}), "stage": "rl", "iteration": it}
                 tok = loaded.tokenizer_path
                 save_checkpoint(ckpt_dir, model, loaded.norm, extra=extra, train_state=spec, tokenizer=tok)
-                done_iters = it + 1
                 progress.update(
                     it_task,
                     advance=1,
@@ -394,14 +602,18 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                 )
         summary: dict = {"iterations": done_iters, "env_steps": cum_env, "env_steps_flat_equiv": cum_flat}
         if cfg.eval_episodes > 0:
-            final = evaluate(runner, venv, tasks, eval_cfg)
-            write_json_atomic(out / "eval_final.json", final.to_json())
-            logger.log(done_iters, eval_metrics(final))
+            final = evaluate_sharded(ctx, runner, venv, tasks, eval_cfg)
             summary["eval"] = final.to_json()
-            if console is not None:
-                console.print(markdown_table(final, "GRPO policy (ODE)"))
-        write_json_atomic(out / "rl_summary.json", summary)
+            if logger is not None:
+                write_json_atomic(out / "eval_final.json", final.to_json())
+                logger.log(done_iters, eval_metrics(final))
+                if console is not None:
+                    console.print(markdown_table(final, "GRPO policy (ODE)"))
+        if ctx.is_main:
+            write_json_atomic(out / "rl_summary.json", summary)
+        ctx.barrier()  # on return, every rank sees rank 0's files
         return summary
     finally:
         venv.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
