@@ -14,6 +14,7 @@ from z1.config import lookup
 from z1.rl.grpo import GRPOConfig
 from z1.rl.params import SelectiveConfig
 from z1.rl.reward import RewardConfig
+from z1.rl.task_sampling import TaskSamplingConfig
 from z1.rollout.collector import RolloutConfig
 from z1.train.rl import RLConfig
 
@@ -30,6 +31,10 @@ RL_PRESETS: dict[str, RLConfig] = {
         lr=5e-5,
         eval_every=10,
         eval_episodes=20,
+        # Groups spread over tasks by sqrt(p (1 - p)) + eps of train success (algorithms.md B.1): the
+        # all-fail pick-place/push groups taught nothing. Measured from a 28-29% SFT (bench/results/rl.md):
+        # tree +12.0/+11.5 (seeds 0/1, 26 it) vs +5.5/+10.5 with uniform; flat +14.5 vs +7.5 (16 it).
+        task_sampling=TaskSamplingConfig(mode="uncertain"),
         # Branch half-way through the cap: failures (which run to the cap) save 37.5% of their env steps.
         # All K steps stochastic: more groups with mixed outcomes (0.56 vs 0.38 of flat groups from the SFT
         # policy), and the ratio sees, so the update steers, the whole denoise chain.
