@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/run_all.py [--quick]
 
-Runs bench/policy.py, bench/envs.py, bench/sft.py, bench/rl.py and bench/ray_envs.py (when Ray is
-installed) one after another (they are timed; running them side by side would distort every number),
-then collects bench/results/*.json into bench/results/SUMMARY.md. --quick shrinks the SFT/RL budgets.
+Runs bench/policy.py, bench/envs.py, bench/sft.py, bench/rl.py, bench/ray_envs.py and
+bench/ray_inference.py (the last two when Ray is installed) one after another (they are timed; running
+them side by side would distort every number), then collects bench/results/*.json into
+bench/results/SUMMARY.md. --quick shrinks the SFT/RL budgets.
 """
 
 from __future__ import annotations
@@ -77,8 +78,12 @@ def main() -> None:
         import ray  # noqa: F401
 
         steps.append(run([py, str(HERE / "ray_envs.py")]))
+        steps.append(run([py, str(HERE / "ray_inference.py")]))
     except ImportError:
-        print("ray is not installed: skipping bench/ray_envs.py (pip install -e '.[ray]')")
+        print(
+            "ray is not installed: skipping bench/ray_envs.py, bench/ray_inference.py "
+            "(pip install -e '.[ray]')"
+        )
 
     lines = ["# z1 benchmark summary", "", "Machine:", ""]
     lines += [f"- {k}: {v}" for k, v in machine().items()]
