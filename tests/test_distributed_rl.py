@@ -23,13 +23,13 @@ import torch.multiprocessing as tmp
 from fakes import identity_norm, tiny_runner
 from test_distributed_ddp import _assert_same_params, _free_port, _grpo, _join, _one_thread
 from test_rl_update import _setup as rollouts_for_update
+from test_train_rl import _cfg as one_process_cfg
 from z1.config import policy_preset
 from z1.models.checkpoint import load_checkpoint, save_checkpoint
 from z1.models.pi05 import Pi05Policy
 from z1.rl.grpo import GRPOConfig
 from z1.rl.params import apply_selective
 from z1.rl.reward import RewardConfig
-from z1.rollout.collector import RolloutConfig
 from z1.train import rl as rl_mod
 from z1.train.metrics import read_metrics
 from z1.train.rl import RLConfig, run_rl
@@ -68,34 +68,19 @@ def init_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-def _cfg(init: Path, out: str, iterations: int = 1, seed: int = 3) -> RLConfig:
-    return RLConfig(
-        init=str(init),
+def _cfg(init: Path, out: str, iterations: int = 1) -> RLConfig:
+    """test_train_rl's one-task run, with two groups (one wave of one group per rank) that branch."""
+    base = one_process_cfg(init, Path(out), iterations)
+    return replace(
+        base,
         out=out,
         tasks=TASK,
-        iterations=iterations,
-        groups_per_task=2,  # one wave of one group per rank
-        lr=1e-3,
-        eval_episodes=0,
-        calibration_episodes=0,
-        num_slots=4,
-        workers=0,
-        threads=1,
-        seed=seed,
+        groups_per_task=2,
         image_size=16,
         wave_rng=True,
         reward=RewardConfig(kind="D1"),
         grpo=GRPOConfig(minibatches=2, kl_target=None),
-        rollout=RolloutConfig(
-            group_size=4,
-            trunks=2,
-            branch_factor=2,
-            branch_at=2,
-            h_exec=4,
-            num_steps=3,
-            max_steps=40,
-            noise_level=1.0,
-        ),
+        rollout=replace(base.rollout, max_steps=40, noise_level=1.0),
     )
 
 
@@ -139,12 +124,12 @@ def _ranks(tmp_path: Path, tag: str) -> list[list]:
     return [torch.load(tmp_path / f"{tag}.{r}", weights_only=False) for r in range(WORLD)]
 
 
-def _assert_same_run(one: Path, two: Path) -> None:
+def _assert_same_run(init: Path, one: Path, two: Path) -> None:
     """Weights equal up to float reduction order and the logged metrics of rank 0 equal to the single
     process's."""
     a = load_checkpoint(one / "rl_ckpt").model.state_dict()
     b = load_checkpoint(two / "rl_ckpt").model.state_dict()
-    start = load_checkpoint(Path(_INIT[0])).model.state_dict()
+    start = load_checkpoint(init).model.state_dict()
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4  # the updates did something
     _assert_same_params(b, a)
     m1, m2 = read_metrics(one / "rl_metrics.jsonl"), read_metrics(two / "rl_metrics.jsonl")
@@ -157,11 +142,7 @@ def _assert_same_run(one: Path, two: Path) -> None:
             assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-6), (x["step"], k)
 
 
-_INIT: list[str] = []
-
-
 def test_rl_iteration_on_two_ranks_equals_one_process(init_ckpt, tmp_path):
-    _INIT[:] = [str(init_ckpt)]
     single = _single(_cfg(init_ckpt, str(tmp_path / "one")))
     for r in range(WORLD):
         (tmp_path / f"rank{r}").mkdir()
@@ -174,7 +155,7 @@ def test_rl_iteration_on_two_ranks_equals_one_process(init_ckpt, tmp_path):
     np.testing.assert_array_equal(train, single[0]["train"])
     np.testing.assert_allclose(adv, single[0]["adv"], rtol=0, atol=1e-12)
     assert np.abs(adv).max() > 0.1
-    _assert_same_run(tmp_path / "one", tmp_path / "rank0" / "run")
+    _assert_same_run(init_ckpt, tmp_path / "one", tmp_path / "rank0" / "run")
     # Rank 0 alone writes: rank 1 ran in its own directory with the same relative --out.
     assert list((tmp_path / "rank1").iterdir()) == []
     written = {p.name for p in (tmp_path / "rank0" / "run").iterdir()}
@@ -186,7 +167,6 @@ def test_rank_without_trainable_chunks_and_resume(init_ckpt, tmp_path):
     still takes every optimizer step. The run is interrupted after iteration 1 and resumed on 2 ranks;
     tasks are sampled by uncertainty (the run's numpy RNG stays in lockstep) and the final evaluation is
     split over the ranks by task."""
-    _INIT[:] = [str(init_ckpt)]
 
     def cfg(out: Path, iterations: int) -> RLConfig:
         return replace(
@@ -208,7 +188,7 @@ def test_rank_without_trainable_chunks_and_resume(init_ckpt, tmp_path):
         np.testing.assert_allclose(adv, single[it]["adv"], rtol=0, atol=1e-12)
     it2 = _ranks(tmp_path, "it2")
     assert it2[0][0]["train"].sum() > 0 and it2[1][0]["train"].sum() == 0
-    _assert_same_run(tmp_path / "one", two)
+    _assert_same_run(init_ckpt, tmp_path / "one", two)
     assert (two / "eval_final.json").read_text() == (tmp_path / "one" / "eval_final.json").read_text()
 
 
