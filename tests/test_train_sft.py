@@ -120,3 +120,65 @@ def test_periodic_eval_is_logged(dataset, tmp_path):
     run_sft(cfg)
     rows = [m for m in read_metrics(tmp_path / "e" / "sft_metrics.jsonl") if "eval_success_avg" in m]
     assert len(rows) == 1 and 0.0 <= rows[0]["eval_success/reach-v3"] <= 1.0
+
+
+def test_random_shift_is_seeded_and_equals_pad_and_crop():
+    import torch
+
+    from z1.train.sft import random_shift, shift_offsets
+
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    o1, o2 = shift_offsets(5, 2, 4, g1), shift_offsets(5, 2, 4, g2)
+    assert torch.equal(o1, o2) and o1.shape == (5, 2, 2)
+    assert int(o1.min()) >= 0 and int(o1.max()) <= 8
+    assert not torch.equal(o1, shift_offsets(5, 2, 4, torch.Generator().manual_seed(4)))
+    imgs = torch.rand(5, 2, 3, 16, 16)  # (b, n, c, y, x)
+    out = random_shift(imgs, 4, o1)
+    for i in range(5):
+        for j in range(2):
+            padded = np.pad(imgs[i, j].numpy(), ((0, 0), (4, 4), (4, 4)), mode="edge")
+            oy, ox = o1[i, j].tolist()
+            np.testing.assert_array_equal(out[i, j].numpy(), padded[:, oy : oy + 16, ox : ox + 16])
+    centre = torch.full((5, 2, 2), 4, dtype=torch.long)
+    assert torch.equal(random_shift(imgs, 4, centre), imgs)  # offset = pad is the identity
+
+
+def test_augmented_sft_is_reproducible_and_differs_from_plain(dataset, tmp_path):
+    base = SFTConfig(dataset=str(dataset), steps=4, batch_size=8, warmup=1, log_every=1, threads=1)
+    run_sft(replace(base, out=str(tmp_path / "a"), augment=True))
+    run_sft(replace(base, out=str(tmp_path / "b"), augment=True))
+    run_sft(replace(base, out=str(tmp_path / "c"), augment=False))
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    assert _losses(tmp_path / "a") != _losses(tmp_path / "c")
+
+
+def test_conv_stem_policy_trains_and_round_trips(dataset, tmp_path):
+    import torch
+
+    from z1.config import policy_preset
+
+    tiny = policy_preset("tiny")
+    pc = replace(tiny, name="tiny-conv", vision=replace(tiny.vision, stem="conv", patch=8))
+    cfg = SFTConfig(
+        dataset=str(dataset),
+        out=str(tmp_path / "r"),
+        steps=30,
+        batch_size=16,
+        lr=1e-3,
+        warmup=3,
+        log_every=5,
+        ckpt_every=30,
+        threads=1,
+    )
+    summary = run_sft(cfg, policy=pc)
+    losses = _losses(tmp_path / "r")
+    assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
+    loaded = load_checkpoint(Path(summary["checkpoint"]))
+    assert loaded.model.config == pc
+    assert any(n.startswith("vision.stem.") for n, _ in loaded.model.named_parameters())
+    x = torch.rand(2, 2, 3, 64, 64) * 2 - 1
+    from z1.models.pi05 import Pi05Policy
+
+    fresh = Pi05Policy(pc)
+    fresh.load_state_dict(loaded.model.state_dict())
+    torch.testing.assert_close(fresh.vision(x), loaded.model.vision(x), rtol=0, atol=0)

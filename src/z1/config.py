@@ -26,7 +26,14 @@ def lookup(registry: dict, name: str, what: str):
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """SigLIP-style ViT. `width`, `depth`, `mlp_dim`, `num_heads` as in big_vision; `patch` in pixels."""
+    """SigLIP-style ViT. `width`, `depth`, `mlp_dim`, `num_heads` as in big_vision; `patch` in pixels.
+
+    stem: how pixels become tokens. "patch" is SigLIP's single conv with kernel = stride = patch (the
+    pi05 geometry, required to import real checkpoints). "conv" is a stack of log2(patch) 3x3 stride-2
+    convolutions (GroupNorm + GELU after each, channels `stem_channels`, doubling) and a 1x1 projection
+    to `width`: the same token grid, but early convolutions see edges and small objects that a 16-px
+    linear patch blurs together (Xiao et al. 2021, "Early convolutions help transformers see better").
+    """
 
     width: int = 1152
     depth: int = 27
@@ -34,6 +41,8 @@ class VisionConfig:
     num_heads: int = 16
     patch: int = 14
     image_size: int = 224
+    stem: Literal["patch", "conv"] = "patch"
+    stem_channels: int = 32
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from z1.config import ConfigError, policy_preset
+from z1.config import ConfigError, PolicyConfig, policy_preset
 from z1.data.chunks import ChunkDataset
 from z1.data.lerobot import check_compatible, open_dataset
 from z1.data.normalize import normalization_from_dataset
@@ -170,7 +170,9 @@ def _periodic_eval(
     return eval_metrics(res)
 
 
-def run_sft(cfg: SFTConfig, console=None) -> dict:
+def run_sft(cfg: SFTConfig, console=None, policy: PolicyConfig | None = None) -> dict:
+    """Train; `policy` (programmatic callers, e.g. bench/sft.py) replaces the `preset` geometry of a
+    fresh model."""
     ctx = DistContext.init_from_env()  # one process unless launched by torchrun
     if cfg.batch_size < ctx.world_size:
         raise ConfigError(
@@ -185,7 +187,8 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
     if resume:
         loaded = load_checkpoint(ckpt_dir)
         model, norm, tokenizer = loaded.model, loaded.norm, loaded.tokenizer_path
-        expected = load_checkpoint(Path(cfg.init)).config.name if cfg.init else cfg.preset
+        fresh = policy or policy_preset(cfg.preset)
+        expected = load_checkpoint(Path(cfg.init)).config.name if cfg.init else fresh.name
         if model.config.name != expected:
             raise ConfigError(
                 f"{ckpt_dir / 'config.json'}: field 'preset' is {model.config.name!r} but this run asks for "
@@ -197,7 +200,7 @@ def run_sft(cfg: SFTConfig, console=None) -> dict:
         tokenizer = loaded.tokenizer_path
     else:
         torch.manual_seed(cfg.seed)
-        model = Pi05Policy(policy_preset(cfg.preset))
+        model = Pi05Policy(policy or policy_preset(cfg.preset))
         norm = normalization_from_dataset(ds, cfg.norm)
     ctx.broadcast_params(model)  # identical starting weights on every rank
     pc = model.config
