@@ -77,6 +77,9 @@ class PolicyConfig:
     min_period: float = 4e-3
     max_period: float = 4.0
     tokenizer: Literal["builtin", "sentencepiece"] = "sentencepiece"
+    rope: Literal["openpi", "transformers"] = "openpi"
+    """RoPE angle form: "openpi" = positions / timescale (JAX, the checkpoints' training form),
+    "transformers" = positions * (1 / timescale) (Hugging Face Gemma, as LeRobot runs it)."""
 
     def with_(self, **kw) -> PolicyConfig:
         return replace(self, **kw)
