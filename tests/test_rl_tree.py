@@ -12,6 +12,7 @@ from z1.rollout.tree import (
     Tree,
     TreeConfig,
     TreeError,
+    advantage_scale,
     branch_factor_at,
     edge_advantages,
     edge_weights,
@@ -121,17 +122,53 @@ def test_values_match_enumeration(tree: Tree) -> None:
     assert v[ROOT] == pytest.approx(np.mean([v[c] for c in tree.trunks]))
 
 
-def test_advantages_match_enumeration(tree: Tree) -> None:
-    sigma, w_loc, w_glob = 0.3, 0.7, 1.3
-    a = edge_advantages(tree, sigma, w_loc, w_glob)
+def brute_combination(tree: Tree, w_loc: float, w_glob: float) -> dict[int, float]:
+    """w_loc A_loc + w_glob A_glob per edge (unscaled), from enumerated values and a plain sibling loop."""
+    out = {}
     for n in range(1, len(tree)):
         sibs = [s for s in tree.nodes[tree.nodes[n].parent].children if s != n]
         loc = brute_value(tree, n) - (
             np.mean([brute_value(tree, s) for s in sibs]) if sibs else brute_value(tree, n)
         )
         glob = brute_value(tree, n) - brute_value(tree, ROOT)
-        assert a[n] == pytest.approx((w_loc * loc + w_glob * glob) / sigma, abs=1e-12)
+        out[n] = w_loc * loc + w_glob * glob
+    return out
+
+
+def brute_scale(tree: Tree, w_loc: float, w_glob: float) -> float:
+    """c by its definition: put return 1 on one leaf and 0 on the others to read off the row L_e of every
+    edge's combination, then c^2 = (mass-weighted mean over contrast edges of |L_e|^2) * G / (G - 1)."""
+    t = Tree.from_json(tree.to_json())
+    leaves = t.leaves()
+    rows: dict[int, list[float]] = {n: [] for n in range(1, len(t))}
+    for j in leaves:
+        for leaf in leaves:
+            t.set_leaf_return(leaf, 1.0 if leaf == j else 0.0)
+        for n, val in brute_combination(t, w_loc, w_glob).items():
+            rows[n].append(val)
+    num = den = 0.0
+    for n in range(1, len(t)):
+        if len(t.nodes[t.nodes[n].parent].children) >= 2:
+            num += brute_mass(t, n) * sum(x * x for x in rows[n])
+            den += brute_mass(t, n)
+    g = len(leaves)
+    return float(np.sqrt(num / den * g / (g - 1)))
+
+
+def test_advantages_match_enumeration(tree: Tree) -> None:
+    sigma, w_loc, w_glob = 0.3, 0.7, 1.3
+    a = edge_advantages(tree, sigma, w_loc, w_glob)
+    c = brute_scale(tree, w_loc, w_glob)
+    assert advantage_scale(tree, w_loc, w_glob) == pytest.approx(c, abs=1e-12)
+    assert c > 1.0  # the unnormalized combination is larger than flat GRPO's scale
+    for n, comb in brute_combination(tree, w_loc, w_glob).items():
+        assert a[n] == pytest.approx(comb / (c * sigma), abs=1e-12)
     assert a[ROOT] == 0.0
+    # The scale depends on the shape and the weights, not on the returns.
+    other = Tree.from_json(tree.to_json())
+    for leaf in other.leaves():
+        other.set_leaf_return(leaf, 5.0 * other.nodes[leaf].leaf_return - 2.0)
+    assert advantage_scale(other, w_loc, w_glob) == advantage_scale(tree, w_loc, w_glob)
 
 
 def test_only_child_has_zero_local_advantage() -> None:
@@ -176,10 +213,63 @@ def test_flat_tree_equals_flat_grpo() -> None:
         t.set_leaf_return(i, r)
     direct = np.array([(r - returns.mean()) / sigma for r in returns])
     np.testing.assert_allclose(flat_advantages(returns, sigma), direct, atol=1e-12)
-    np.testing.assert_allclose(edge_advantages(t, sigma, w_loc=0.0, w_glob=1.0)[ids], direct, atol=1e-12)
+    # Every weighting of the local and global terms is flat GRPO on a flat tree: the scale c is exactly
+    # w_loc G/(G-1) + w_glob (leave-one-out is G/(G-1) times the group-centred advantage).
+    for w_loc, w_glob in ((0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (0.3, 2.0)):
+        assert advantage_scale(t, w_loc, w_glob) == pytest.approx(w_loc * g / (g - 1) + w_glob, abs=1e-12)
+        np.testing.assert_allclose(edge_advantages(t, sigma, w_loc, w_glob)[ids], direct, atol=1e-12)
     loo = np.array([returns[i] - np.delete(returns, i).mean() for i in range(g)]) / sigma
-    np.testing.assert_allclose(edge_advantages(t, sigma, w_loc=1.0, w_glob=0.0)[ids], loo, atol=1e-12)
+    a_loc, _ = local_global_advantages(t)
+    np.testing.assert_allclose(a_loc[ids] / sigma, loo, atol=1e-12)
     np.testing.assert_allclose(edge_weights(t)[ids], np.full(g, 1 / g))
+
+
+def _rms(tree: Tree, adv: np.ndarray) -> float:
+    """Mass-weighted RMS of the advantages of the edges with contrast (how the loss weights them)."""
+    rho = edge_weights(tree)
+    keep = np.array([n.parent is not None and len(tree.nodes[n.parent].children) >= 2 for n in tree.nodes])
+    return float(np.sqrt((rho[keep] * adv[keep] ** 2).sum() / rho[keep].sum()))
+
+
+@pytest.mark.parametrize(
+    ("trunks", "levels", "factors", "early"),
+    [
+        (2, (3,), (4,), False),
+        (1, (2, 4), (2, 4), False),
+        (2, (2, 5), (2, 2), False),
+        (4, (3,), (2,), False),
+        (2, (1,), (4,), False),
+        (2, (3,), (4,), True),  # odd children stop one chunk after the branch: uneven subtrees
+    ],
+)
+@pytest.mark.parametrize("kind", ["binary", "uniform"])
+def test_tree_and_flat_advantages_have_the_same_scale(trunks, levels, factors, early, kind) -> None:
+    """Equal outcomes: the same leaf returns, drawn i.i.d. per leaf, scored once as a tree and once as a
+    flat group, with the pooled sigma of the batch. Both RMS agree within 10% (flat is 1 by construction);
+    the unnormalized default (A_loc + A_glob) / sigma was 1.75x for 2 trunks of 4 branches."""
+    rng = np.random.default_rng(3)
+    stop = (lambda node, c: c >= levels[0] and node % 2 == 1) if early else (lambda node, c: False)
+    t = run_tree(trunks, levels, factors, total_chunks=8, steps=3, stop=stop)
+    g = len(t.leaves())
+    groups = [
+        rng.binomial(1, 0.5, size=g).astype(float) if kind == "binary" else rng.uniform(size=g)
+        for _ in range(600)
+    ]
+    sigma = float(np.sqrt(np.mean([r.var() for r in groups])))  # pooled (N3), population variance
+    tree_sq = flat_sq = raw_sq = 0.0
+    for r in groups:
+        for leaf, value in zip(t.leaves(), r):
+            t.set_leaf_return(leaf, float(value))
+        tree_sq += _rms(t, edge_advantages(t, sigma)) ** 2
+        a_loc, a_glob = local_global_advantages(t)
+        raw_sq += _rms(t, (a_loc + a_glob) / sigma) ** 2
+        flat_sq += float(np.mean(flat_advantages(r, sigma) ** 2))
+    tree_rms, flat_rms, raw_rms = (np.sqrt(x / len(groups)) for x in (tree_sq, flat_sq, raw_sq))
+    assert flat_rms == pytest.approx(1.0, abs=1e-9)
+    assert tree_rms == pytest.approx(flat_rms, rel=0.1), (tree_rms, flat_rms)
+    assert raw_rms > 1.4 * flat_rms  # the test can tell the unnormalized combination apart
+    if (trunks, factors) == (2, (4,)):
+        assert raw_rms / flat_rms == pytest.approx(1.75, abs=0.1)
 
 
 def test_trainable_rule(tree: Tree) -> None:

@@ -10,7 +10,7 @@ from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
 from z1.rollout.collector import RolloutConfig, collect_groups
 from z1.rollout.runner import dedupe
-from z1.rollout.tree import node_values
+from z1.rollout.tree import Tree, edge_weights, node_values
 
 
 @pytest.fixture(scope="module")
@@ -109,16 +109,35 @@ def test_scoring_matches_plain_loop(runner):
     stats.register("a", cfg.max_steps)
     rcfg = RewardConfig(kind="D1")
     scored = score_batch(batch, rcfg, stats, AdvantageConfig(), flat=False)
-    # Brute force: every chunk's advantage is its edge's (V(m) - mean siblings + V(m) - V(root)) / sigma.
+
+    # Brute force: every chunk's advantage is its edge's (V(m) - mean siblings + V(m) - V(root)) / (c sigma),
+    # with c^2 = G/(G-1) * the mass-weighted mean, over edges with siblings, of the squared coefficients of
+    # that combination on the leaf returns (read off by putting return 1 on one leaf at a time).
+    def combination(tree, v):
+        out = {}
+        for m in range(1, len(tree)):
+            p = tree.node(m).parent
+            sib = [s for s in tree.node(p).children if s != m]
+            out[m] = (v[m] - np.mean(v[sib]) if sib else 0.0) + v[m] - v[0]
+        return out
+
     for gi, g in enumerate(batch.groups):
         if not scored.kept[gi]:
             assert np.all(scored.advantages[batch.chunk_group == gi] == 0)
             continue
-        v = node_values(g.tree)
-        for c in np.flatnonzero(batch.chunk_group == gi):
-            m = batch.chunk_node[c]
-            p = g.tree.node(m).parent
-            sib = [s for s in g.tree.node(p).children if s != m]
-            a_loc = v[m] - np.mean(v[sib]) if sib else 0.0
-            expect = (a_loc + v[m] - v[0]) / scored.sigma
-            assert scored.advantages[c] == pytest.approx(expect, abs=1e-9)
+        unit = Tree.from_json(g.tree.to_json())
+        leaves = unit.leaves()
+        sq = dict.fromkeys(range(1, len(unit)), 0.0)
+        for j in leaves:
+            for leaf in leaves:
+                unit.set_leaf_return(leaf, float(leaf == j))
+            for m, x in combination(unit, node_values(unit)).items():
+                sq[m] += x * x
+        rho = edge_weights(g.tree)
+        contrast = [m for m in sq if len(g.tree.node(g.tree.node(m).parent).children) >= 2]
+        c2 = sum(rho[m] * sq[m] for m in contrast) / sum(rho[m] for m in contrast)
+        c = np.sqrt(c2 * len(leaves) / (len(leaves) - 1))
+        comb = combination(g.tree, node_values(g.tree))
+        for ch in np.flatnonzero(batch.chunk_group == gi):
+            expect = comb[batch.chunk_node[ch]] / (c * scored.sigma)
+            assert scored.advantages[ch] == pytest.approx(expect, abs=1e-9)

@@ -6,8 +6,9 @@ Order of operations (algorithms.md D -> B.6 -> D.4 -> C.4-C.6):
 2. drop groups whose returns carry no information (range filter, B.6): all-fail and identical groups go,
    all-success groups whose completion times differ stay;
 3. one pooled reward scale sigma over the kept groups (N3), or per group (N5), or none (N2);
-4. tree values, edge advantages A(e) = (w_loc A_loc + w_glob A_glob) / sigma, edge masses rho and the
-   trainable-edge rule; every chunk on an edge inherits the edge's numbers.
+4. tree values, edge advantages A(e) = (w_loc A_loc + w_glob A_glob) / (c sigma), edge masses rho and the
+   trainable-edge rule; every chunk on an edge inherits the edge's numbers. c (`advantage_scale`, a
+   function of the tree's shape and the weights) gives tree and flat groups the same advantage scale.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from z1.rollout.tree import edge_advantages, edge_weights, local_global_advantag
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """Edge advantage weights (C1). Flat GRPO always uses w_loc=0, w_glob=1, i.e. (R - mean) / sigma."""
+    """Edge advantage weights (C1). Flat GRPO always uses w_loc=0, w_glob=1, i.e. (R - mean) / sigma.
+
+    Only the ratio w_loc : w_glob matters: `edge_advantages` rescales the combination to the flat scale."""
 
     w_loc: float = 1.0
     """Weight of the leave-one-out sibling baseline A_loc (tree mode)."""

@@ -300,20 +300,43 @@ class Tree:
 def node_values(tree: Tree) -> np.ndarray:
     """V per node id (C.4): leaves V = R; internal V(n) = (1/k_n) sum_children V(m) (recursive equal-weight
     mean, not a mean over leaves); the root is the mean over the M trunks. Returns (nodes,) float64."""
-    v = np.zeros(len(tree), dtype=np.float64)
-    # Children always have larger ids than their parent, so a reverse sweep is a post-order traversal.
-    for n in reversed(tree.nodes):
-        if n.children:
-            v[n.id] = float(np.mean([v[c] for c in n.children]))
-        elif n.id == ROOT:
-            raise TreeError(f"group {tree.group} ({tree.task!r}) has no trunks")
-        else:
+    returns = np.zeros(len(tree), dtype=np.float64)  # (nodes,) leaf returns, 0 elsewhere
+    for n in tree.nodes[1:]:
+        if not n.children:
             if n.leaf_return is None:
                 raise TreeError(
                     f"leaf {n.id} of group {tree.group} ({tree.task!r}) has no return; call set_leaf_return"
                 )
-            v[n.id] = n.leaf_return
+            returns[n.id] = n.leaf_return
+    return _backup(tree, returns)
+
+
+def _backup(tree: Tree, leaf_values: np.ndarray) -> np.ndarray:
+    """The recursive equal-weight mean of `leaf_values` (nodes, ...) up the tree: leaf rows are kept, every
+    internal row becomes the mean of its children's rows. Linear in the leaf rows; (nodes, ...) float64."""
+    if not tree.nodes[ROOT].children:
+        raise TreeError(f"group {tree.group} ({tree.task!r}) has no trunks")
+    v = np.array(leaf_values, dtype=np.float64)  # (nodes, ...)
+    # Children always have larger ids than their parent, so a reverse sweep is a post-order traversal.
+    for n in reversed(tree.nodes):
+        if n.children:
+            v[n.id] = v[n.children].mean(axis=0)
     return v
+
+
+def _loc_glob(tree: Tree, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(A_loc, A_glob) of node values `v` (nodes, ...); linear in `v`, root rows 0."""
+    a_loc = np.zeros_like(v)  # (nodes, ...)
+    a_glob = np.zeros_like(v)
+    for p in tree.nodes:
+        k = len(p.children)
+        if k == 0:
+            continue
+        total = v[p.children].sum(axis=0)
+        for c in p.children:
+            a_glob[c] = v[c] - v[ROOT]
+            a_loc[c] = v[c] - (total - v[c]) / (k - 1) if k >= 2 else 0.0
+    return a_loc, a_glob
 
 
 def local_global_advantages(tree: Tree) -> tuple[np.ndarray, np.ndarray]:
@@ -322,32 +345,59 @@ def local_global_advantages(tree: Tree) -> tuple[np.ndarray, np.ndarray]:
     A_loc(e) = V(m) - mean_{m' sibling of m} V(m') (leave-one-out; trunks' siblings are the other trunks;
     an only child gets 0). A_glob(e) = V(m) - V(root).
     """
-    v = node_values(tree)
-    a_loc = np.zeros(len(tree), dtype=np.float64)
-    a_glob = np.zeros(len(tree), dtype=np.float64)
-    for p in tree.nodes:
-        k = len(p.children)
-        if k == 0:
-            continue
-        vs = v[p.children]
-        total = vs.sum()
-        for c, vc in zip(p.children, vs):
-            a_glob[c] = vc - v[ROOT]
-            a_loc[c] = vc - (total - vc) / (k - 1) if k >= 2 else 0.0
-    return a_loc, a_glob
+    return _loc_glob(tree, node_values(tree))
+
+
+def advantage_scale(tree: Tree, w_loc: float = 1.0, w_glob: float = 1.0) -> float:
+    """The factor c that `edge_advantages` divides w_loc A_loc + w_glob A_glob by, so that tree and flat
+    rollouts give advantages of the same scale.
+
+    Derivation. Node values are averages of leaf returns, so the combination is linear in the G leaf
+    returns R: w_loc A_loc(e) + w_glob A_glob(e) = L_e . R, and every row L_e sums to 0 (both terms are
+    differences of averages). When the leaf returns carry no credit to assign (exchangeable, variance s^2
+    each), E[(L_e . R)^2] = s^2 |L_e|^2. Flat GRPO, A_i = R_i - mean R, has |L_i|^2 = (G - 1)/G for every
+    leaf. So
+
+        c^2 = (sum_e rho_e |L_e|^2 / sum_e rho_e) / ((G - 1)/G)
+
+    over the edges with contrast (parent with >= 2 children, the ones `trainable_edges` may keep),
+    weighted by the sampling mass rho as in the loss, gives the tree's edge advantages the mass-weighted
+    mean square of flat GRPO on the same number of leaves, i.e. unit scale after dividing by the pooled
+    sigma. On a flat tree (G trunks) A_loc = G/(G - 1) (R - mean) and A_glob = R - mean, so
+    c = w_loc G/(G - 1) + w_glob and every weighting reproduces flat GRPO exactly (the unnormalized default
+    w_loc = w_glob = 1 was 1 + G/(G - 1) times it; about 1.75 times for M = 2 trunks of k = 4). c depends
+    on the tree's shape and the weights only, never on the returns. Returns 1.0 when nothing has contrast.
+    """
+    leaves = tree.leaves()
+    g = len(leaves)
+    if g < 2:
+        return 1.0
+    unit = np.zeros((len(tree), g), dtype=np.float64)  # (nodes, leaves): leaf j's return is e_j
+    unit[leaves, np.arange(g)] = 1.0
+    a_loc, a_glob = _loc_glob(tree, _backup(tree, unit))  # (nodes, leaves) each
+    rows = w_loc * a_loc + w_glob * a_glob  # (nodes, leaves): L_e
+    rho = edge_weights(tree)  # (nodes,)
+    contrast = np.array(
+        [n.parent is not None and len(tree.nodes[n.parent].children) >= 2 for n in tree.nodes]
+    )
+    mass = float(rho[contrast].sum())
+    if mass <= 0:
+        return 1.0
+    mean_sq = float((rho[contrast] * (rows[contrast] ** 2).sum(axis=1)).sum()) / mass
+    c = math.sqrt(mean_sq * g / (g - 1))
+    return c if c > 0 else 1.0
 
 
 def edge_advantages(tree: Tree, sigma: float, w_loc: float = 1.0, w_glob: float = 1.0) -> np.ndarray:
-    """A(e) = (w_loc A_loc + w_glob A_glob) / sigma per node id (C1); sigma is the pooled scale (D.4).
+    """A(e) = (w_loc A_loc + w_glob A_glob) / (c sigma) per node id (C1); sigma is the pooled reward scale
+    and c = `advantage_scale(tree, w_loc, w_glob)` puts tree and flat advantages on the same (unit) scale.
 
-    Note: on a flat tree (M = G trunks), A_loc = G/(G-1) (R - mean) and A_glob = R - mean, so the default
-    weights give (1 + G/(G-1)) times the flat GRPO advantage of `flat_advantages`; use w_loc=0, w_glob=1
-    to reproduce B.2 exactly.
+    On a flat tree (M = G trunks) every weighting gives the flat GRPO advantage of `flat_advantages`.
     """
     if not sigma > 0:
         raise TreeError(f"sigma must be > 0 (use rl.reward.pooled_sigma, floored at sigma_min), got {sigma}")
     a_loc, a_glob = local_global_advantages(tree)
-    return (w_loc * a_loc + w_glob * a_glob) / sigma
+    return (w_loc * a_loc + w_glob * a_glob) / (advantage_scale(tree, w_loc, w_glob) * sigma)
 
 
 def edge_weights(tree: Tree) -> np.ndarray:
