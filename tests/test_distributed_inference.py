@@ -64,8 +64,9 @@ def _logprob_error(runner, batch: RolloutBatch, cfg: RolloutConfig) -> float:
 
 def _brute_force_row(runner, ob, seed: int, cfg: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One row alone, written out: its generator gives x^(0), the step ids, then one xi per step; Euler
-    steps, and at the stochastic ones the Flow-SDE mean/std (algorithms.md A2) with the Normal log-density
-    over the executed entries. Returns the chain (k+1, h, a) and the log-probs (j,)."""
+    steps, and at the stochastic ones the Flow-SDE mean/std (algorithms.md A2) on the executed entries (the
+    others take the Euler step) with the Normal log-density over them. Returns the chain (k+1, h, a) and
+    the log-probs (j,)."""
     model = runner.model
     h, a, k_steps = model.config.action_horizon, model.config.action_dim, cfg.num_steps
     g = torch.Generator().manual_seed(seed)
@@ -88,7 +89,8 @@ def _brute_force_row(runner, ob, seed: int, cfg: SamplerConfig) -> tuple[torch.T
             sigma = cfg.noise_level * math.sqrt(t / (1.0 - t_tilde))
             mean = x * (1 - sigma**2 * delta / (2 * t)) - delta * v * (1 + sigma**2 * (1 - t) / (2 * t))
             std = sigma * math.sqrt(delta)
-            x = mean + std * mask * xi[k]
+            # executed entries: the SDE transition; the others: the Euler ODE step
+            x = mask * (mean + std * xi[k]) + (1 - mask) * (x - delta * v)
             lps.append(float((torch.distributions.Normal(mean, std).log_prob(x) * mask).sum()))
         else:
             x = x - delta * v

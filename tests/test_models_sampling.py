@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,8 +164,13 @@ def test_recompute_logprob_matches_rollout(model, stochastic, shared):
             x_next = out.chain[r, k + 1]
             ref = (torch.distributions.Normal(means[r, c].detach(), std).log_prob(x_next) * m).sum()
             assert abs(float(ref) - float(out.logprobs[r, c])) < 1e-3
-            # off-mask entries of a stochastic step are the deterministic (SDE-mean) update
-            torch.testing.assert_close(x_next[m == 0], means[r, c].detach()[m == 0], rtol=0, atol=1e-5)
+            # off-mask entries of a stochastic step are the deterministic ODE (Euler) step, not the SDE mean
+            with torch.no_grad():
+                row = cache.index(torch.tensor([r]))
+                v = model.velocity(row, out.chain[r : r + 1, k], grid[k].expand(1))[0]  # (h, a)
+            ode = out.chain[r, k] - (grid[k] - grid[k + 1]) * v
+            torch.testing.assert_close(x_next[m == 0], ode[m == 0], rtol=0, atol=1e-5)
+            assert not torch.allclose(x_next[m == 0], means[r, c].detach()[m == 0], atol=1e-4)
     # gradient flows to the action expert
     lp.sum().backward()
     assert model.layers[0].expert.attn.q.weight.grad is not None
@@ -204,3 +210,98 @@ def test_row_noise_draw_order(stochastic):
     assert torch.equal(rn.sde_noise[0], rn.sde_noise[2]) and not torch.equal(rn.noise[0], rn.noise[1])
     ode = row_noise(seeds, SamplerConfig(mode="ode", num_steps=5), H, A)
     assert torch.equal(ode.noise, rn.noise) and ode.step_ids.shape == (3, 0) and ode.sde_noise.shape[1] == 0
+
+
+class _ConstantField:
+    """A stand-in policy whose velocity is a fixed field u (b, h, a), for exact step algebra."""
+
+    def __init__(self, u: torch.Tensor) -> None:
+        self.u = u
+
+    def velocity(self, cache, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.u
+
+
+class _Rows:
+    def __init__(self, b: int) -> None:
+        self.batch_size = b
+
+
+def _weights(x_next: torch.Tensor, x: torch.Tensor, v: torch.Tensor, t: float) -> tuple[float, float]:
+    """Least-squares (alpha, beta) of x_next = alpha * a_hat + beta * eps_hat over the given entries, with
+    a_hat = x - t v and eps_hat = x + (1 - t) v (float64). Exact when the step is such a combination."""
+    xd, vd = x.double().reshape(-1), v.double().reshape(-1)
+    basis = torch.stack([xd - t * vd, xd + (1 - t) * vd], dim=1)  # (entries, 2)
+    sol = torch.linalg.lstsq(basis, x_next.double().reshape(-1, 1)).solution
+    return float(sol[0]), float(sol[1])
+
+
+@pytest.mark.parametrize("stochastic", ["single", "window", "all"])
+def test_unscored_entries_take_the_ode_step_exactly(model, stochastic):
+    """At every step, stochastic or not, the entries outside J (rows >= h_exec, dims >= d_exec) equal the
+    Euler ODE step of the stored x^(k) bitwise; at stochastic steps the scored entries are mean + s_k xi
+    bitwise, and their log-prob is the Normal density of those entries."""
+    cfg = SamplerConfig(
+        mode="sde", stochastic=stochastic, window=2, noise_level=0.5, num_steps=5, h_exec=6, d_exec=5
+    )
+    b = 4
+    inputs = make_inputs(b, seed=21)
+    with torch.no_grad():
+        cache = model.build_prefix_cache(inputs)
+    g = torch.Generator().manual_seed(22)
+    noise = torch.randn(b, H, A, generator=g)
+    step_ids = draw_step_ids(b, cfg, g)
+    xi = torch.randn(b, cfg.num_steps, H, A, generator=g)  # (b, k, h, a)
+    out = sample_chunk(model, cache, noise, cfg, step_ids=step_ids, sde_noise=xi)
+    grid = time_grid(cfg.num_steps)
+    m = exec_mask(H, A, cfg.h_exec, cfg.d_exec).bool()  # (h, a)
+    assert bool(m.any()) and not bool(m.all())
+    for k in range(cfg.num_steps):
+        x = out.chain[:, k]  # (b, h, a)
+        with torch.no_grad():
+            v = model.velocity(cache, x, grid[k].expand(b)).float()  # the batch the sampler used
+        ode = x - (grid[k] - grid[k + 1]) * v
+        x_next = out.chain[:, k + 1]
+        assert torch.equal(x_next[:, ~m], ode[:, ~m]), k
+        hit = (step_ids == k).any(-1)  # (b,)
+        assert torch.equal(x_next[~hit], ode[~hit])  # ODE steps: every entry
+        if hit.any():
+            mean, std = sde_step_stats(x, v, grid[k], grid[k + 1], grid[1], cfg.noise_level)
+            assert torch.equal(x_next[hit][:, m], (mean + std * xi[:, k])[hit][:, m])
+            normal = torch.distributions.Normal(mean[hit], std.expand_as(mean[hit]))
+            want = (normal.log_prob(x_next[hit]) * m).sum((1, 2))  # (hits,)
+            cols = (step_ids[hit] == k).float().argmax(-1)  # which of the row's terms is step k
+            got = out.logprobs[hit].gather(1, cols[:, None])[:, 0]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_unscored_noise_weight_is_the_ode_weight():
+    """The weight on eps_hat of an unscored entry at a stochastic step is t_{k+1} (the ODE's, 0.8/0.6/0.4/
+    0.2 for K=5), not the SDE mean's t_{k+1} - s_k^2/(2 t_k) (0.675/0.475/0.338/0.158 at a=0.5), which
+    the scored entries' noise-free part keeps."""
+    b, k_steps, a_lvl = 3, 5, 0.5
+    cfg = SamplerConfig(
+        mode="sde", stochastic="all", noise_level=a_lvl, num_steps=k_steps, h_exec=4, d_exec=3
+    )
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(b, H, A, generator=g)
+    noise = torch.randn(b, H, A, generator=g)
+    xi = torch.randn(b, k_steps, H, A, generator=g)
+    step_ids = torch.arange(k_steps).expand(b, k_steps).clone()
+    out = sample_chunk(_ConstantField(u), _Rows(b), noise, cfg, step_ids=step_ids, sde_noise=xi)
+    grid = time_grid(k_steps)
+    m = exec_mask(H, A, cfg.h_exec, cfg.d_exec).bool()
+    sde_weights = []
+    for k in range(k_steps - 1):
+        t, tn = float(grid[k]), float(grid[k + 1])
+        x, x_next = out.chain[:, k], out.chain[:, k + 1]
+        alpha, beta = _weights(x_next[:, ~m], x[:, ~m], u[:, ~m], t)
+        assert alpha == pytest.approx(1 - tn, abs=1e-5) and beta == pytest.approx(tn, abs=1e-5)
+        _, std = sde_step_stats(x, u, grid[k], grid[k + 1], grid[1], a_lvl)
+        mean_part = x_next[:, m] - float(std) * xi[:, k][:, m]
+        alpha_s, beta_s = _weights(mean_part, x[:, m], u[:, m], t)
+        t_tilde = tn if k == 0 else t
+        want = tn - a_lvl**2 * t / (1 - t_tilde) * (t - tn) / (2 * t)
+        assert beta_s == pytest.approx(want, abs=1e-4) and alpha_s == pytest.approx(1 - tn, abs=1e-4)
+        sde_weights.append(want)
+    np.testing.assert_allclose(sde_weights, [0.675, 0.475, 0.3375, 0.15833], atol=1e-5)

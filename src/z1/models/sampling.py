@@ -3,8 +3,13 @@
 Pure functions over a `Pi05Policy` (algorithms.md §A). t runs 1 (noise) -> 0 (action) on a uniform grid.
 Step k maps x^(k) at t_k to x^(k+1) at t_{k+1}, Delta = t_k - t_{k+1}:
     ODE:  x^(k+1) = x^(k) - Delta * v
-    SDE:  x^(k+1) = mu_k + s_k * m * xi    (A2; m = exec mask, xi ~ N(0, I))
-Only the steps in S (`step_ids`) are stochastic; all others are ODE steps.
+    SDE:  x^(k+1) = m * (mu_k + s_k * xi) + (1 - m) * (x^(k) - Delta * v)    (A2; xi ~ N(0, I))
+m is the exec mask: 1 on the scored entries J (the first h_exec rows x d_exec dims), 0 elsewhere.
+Only the steps in S (`step_ids`) are stochastic; all others are ODE steps. At a stochastic step the
+scored entries take the Flow-SDE transition, whose Gaussian density is the log-prob; the unscored ones
+take the deterministic ODE step, which keeps them on the flow's marginals: the SDE mean without its noise
+shrinks the noise component (weight t' - s_k^2 / (2 t) on eps_hat instead of t'), so noise-free entries
+that followed it would drift toward the denoised estimate at every stochastic step.
 
 Random numbers come either from one `torch.Generator` shared by the batch (the default), or per row from
 the row's own seed (`row_noise`), so that a row's chunk does not depend on which batch, process or
@@ -189,7 +194,8 @@ def sample_chunk(
         raise ValueError(f"step_ids must be (b={b}, j) with values in 0..{k_steps - 1}")
     if sde_noise is not None and cfg.mode == "sde" and sde_noise.shape != (b, k_steps, h, a):
         raise ValueError(f"sde_noise must be ({b}, {k_steps}, {h}, {a}), got {tuple(sde_noise.shape)}")
-    m = exec_mask(h, a, cfg.h_exec, cfg.d_exec, noise.device)
+    m = exec_mask(h, a, cfg.h_exec, cfg.d_exec, noise.device)  # (h, a)
+    scored = m.bool()  # (h, a) the entries J that take the SDE transition and are scored
     x = noise.float()
     chain = [x]
     logprobs = torch.zeros(step_ids.shape, dtype=torch.float32, device=noise.device)
@@ -204,8 +210,9 @@ def sample_chunk(
                 xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             else:
                 xi = sde_noise[:, k].to(device=x.device, dtype=x.dtype)  # (b, h, a)
-            x_sde = mean + std * m * xi
-            lp = gaussian_logprob(x_sde, mean, std.expand(b, 1, 1), m)  # (b,)
+            # Scored entries: the SDE transition; unscored ones: the ODE step (they carry no noise).
+            x_sde = torch.where(scored, mean + std * xi, x_ode)  # (b, h, a)
+            lp = gaussian_logprob(x_sde, mean, std.expand(b, 1, 1), m)  # (b,) over the scored entries
             logprobs = torch.where(hit, lp[:, None], logprobs)
             x = torch.where(hit.any(-1)[:, None, None], x_sde, x_ode)
         else:
@@ -225,7 +232,9 @@ def recompute_logprob(
     """Log-probs of the stored transitions at the stochastic steps, with grad (for the GRPO trainer).
 
     chain (b, k+1, h, a); step_ids (b, j). Builds the prefix once (unless `cache` is given) and evaluates the
-    velocity only at (x^(k), t_k) for k in step_ids. Returns logprobs (b, j) and means (b, j, h, a).
+    velocity only at (x^(k), t_k) for k in step_ids. Returns logprobs (b, j) and means (b, j, h, a): the
+    Flow-SDE step means. The log-prob reads only the scored entries of the stored x^(k+1), the ones
+    `sample_chunk` drew from N(mean, s_k^2); its unscored entries are ODE steps and carry no density.
     """
     b, kp1, h, a = chain.shape
     if kp1 != cfg.num_steps + 1:
