@@ -1,24 +1,38 @@
 """LeRobotDataset v3.0 writer (pi05.md §6): many episodes per parquet file, images as PNG bytes in parquet.
 
-Layout written under `root`:
-    meta/info.json                          codebase_version "v3.0", features, totals, path templates
-    meta/tasks.parquet                      columns task (pandas index) and task_index
+Layout written under `root` (what LeRobot v3 writes and its reader needs):
+    meta/info.json                          codebase_version "v3.0", integer fps, features (yours plus
+                                            timestamp, frame_index, episode_index, index, task_index),
+                                            totals, chunk settings, splits, path templates
+    meta/tasks.parquet                      columns task (the pandas index) and task_index
     meta/episodes/chunk-000/file-000.parquet
-                                            one row per episode: ranges, file location, stats/<key>/<stat>
-    meta/stats.json                         global mean/std/min/max/count (+ q01/q99 for state and action)
+                                            one row per episode: episode_index, tasks, length, data file,
+                                            dataset_from/to_index, meta/episodes file, and
+                                            stats/<feature>/<stat> for every feature
+    meta/stats.json                         dataset statistics of every feature
     data/chunk-CCC/file-FFF.parquet         frames; a new file starts when the current one passes
                                             `data_files_size_in_mb`; an episode never spans two files
 
-Image columns use LeRobot's `image` dtype: a struct {bytes: binary (PNG), path: null}. Size at 64x64,
-measured on 324 Meta-World frames (button-press-topdown + drawer-open, PNG compress level 6): 5.0 KB per
-frame for the "corner" scene camera and 4.1 KB for "gripperPOV", so 5.0 + 4.1 MB per 1,000 frames for two
-cameras and 9.3 MB per 1,000 frames for the whole data file (state and action are negligible). Uniform
-random noise (the worst case) is 12.4 KB per frame. Encoding costs 0.85 ms per 64x64 frame (level 1: 0.5 ms,
-+4% bytes; level 9: 5 ms, -0.3%).
+Statistics (meta/stats.json and each episode's stats/... columns) hold, per feature, min, max, mean, std,
+q01, q10, q50, q90, q99 and count, in LeRobot's layout: (d,) lists for vector features, (1,) for the index
+columns, (3, 1, 1) per-channel values in [0, 1] (uint8 / 255) for images; count is the number of frames.
+Unlike LeRobot (whose dataset quantiles are averages of per-episode quantiles, and whose image statistics
+come from a sample of frames), every value here is exact: vectors through `normalize.compute_full_stats`
+per episode and `StatsAccumulator` over the dataset (exact up to 2M frames, see normalize.py), images
+through 256-bin pixel histograms.
+
+Columns: a vector feature of shape [d] is a fixed-size list<dtype>[d], one of shape [1] a plain scalar
+column (as LeRobot stores shape-(1,) features). Images use LeRobot's `image` dtype: a struct {bytes: binary
+(PNG), path: null}. Size at 64x64, measured on 324 Meta-World frames (button-press-topdown + drawer-open,
+PNG compress level 6): 5.0 KB per frame for the "corner" scene camera and 4.1 KB for "gripperPOV", so
+5.0 + 4.1 MB per 1,000 frames for two cameras and 9.3 MB per 1,000 frames for the whole data file (state
+and action are negligible). Uniform random noise (the worst case) is 12.4 KB per frame. Encoding costs
+0.85 ms per 64x64 frame (level 1: 0.5 ms, +4% bytes; level 9: 5 ms, -0.3%).
 
 Atomic: everything goes into `<root>.tmp-XXXX` next to `root`, files are fsynced, and the directory is renamed
 to `root` only by a successful `close()` (the context manager's exit). An exception inside the `with` block,
-or a failing `close()`, removes the temporary directory, so nothing is ever left at `root`.
+or a failing `close()`, removes the temporary directory, so nothing is ever left at `root`. Permissions are
+the usual ones for the process umask (0o755 directories and 0o644 files under umask 022).
 """
 
 from __future__ import annotations
@@ -27,8 +41,8 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +53,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from z1.data.errors import DatasetError
-from z1.data.normalize import StatsAccumulator, compute_full_stats
+from z1.data.normalize import FullStats, PixelStatsAccumulator, StatsAccumulator, compute_full_stats
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -53,7 +67,9 @@ INDEX_FEATURES: dict[str, dict[str, Any]] = {
     "index": {"dtype": "int64", "shape": [1], "names": None},
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
+VECTOR_DTYPES = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.int64()}
 _IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_IMAGE_STATS_SHAPE = (3, 1, 1)
 
 
 def make_features(
@@ -71,7 +87,7 @@ def make_features(
         feats[IMAGE_PREFIX + cam] = {
             "dtype": "image",
             "shape": [int(image_size[0]), int(image_size[1]), 3],
-            "names": ["height", "width", "channel"],
+            "names": ["height", "width", "channels"],
         }
     return feats
 
@@ -97,11 +113,43 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
+def _make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh directory created with mode 0o777 minus the umask (tempfile.mkdtemp would force 0o700, so
+    the renamed dataset would be private to its owner)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise DatasetError(f"{parent}: cannot create a temporary directory {prefix}XXXX")
+
+
+def _integral_fps(fps: float) -> int:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)):
+        raise DatasetError(f"LeRobotWriter: fps must be a number, got {fps!r}")
+    if not np.isfinite(fps) or fps <= 0 or float(fps) != int(fps):
+        raise DatasetError(
+            f"LeRobotWriter: fps must be a positive whole number (LeRobot stores an int), got {fps}"
+        )
+    return int(fps)
+
+
+def _stats_json(st: FullStats, kind: str) -> dict[str, Any]:
+    """LeRobot's layout for one feature's statistics (see the module docstring)."""
+    if kind == "image":
+        return st.scaled(255.0).to_json(shape=_IMAGE_STATS_SHAPE)
+    return st.to_json(integer=kind == "int64")
+
+
 class LeRobotWriter:
     """Write a LeRobotDataset v3.0 directory. Use as a context manager; see the module docstring.
 
-    features: {"observation.state": {"dtype": "float32", "shape": [s], "names": [...]}, "action": {...},
-    "observation.images.<cam>": {"dtype": "image", "shape": [y, x, 3], ...}} (see `make_features`).
+    features: feature key -> {"dtype", "shape", "names"}: vectors have dtype float32 | float64 | int64 and
+    shape [d]; images have dtype "image" and shape [y, x, 3] (uint8 frames). z1's own datasets hold
+    "observation.state", "action" and "observation.images.<cam>" (see `make_features`); any other keys are
+    written as they are. The index columns (timestamp, frame_index, ...) are added by the writer.
     """
 
     def __init__(
@@ -111,7 +159,7 @@ class LeRobotWriter:
         features: Mapping[str, Mapping[str, Any]],
         robot_type: str,
         image_format: str = "png",
-        data_files_size_in_mb: float = 100.0,
+        data_files_size_in_mb: float = 100,
         chunks_size: int = 1000,
         png_compress_level: int = 6,
     ) -> None:
@@ -120,44 +168,53 @@ class LeRobotWriter:
             raise DatasetError(f"LeRobotWriter: image_format {image_format!r} is not supported; use 'png'")
         if self.root.exists():
             raise DatasetError(f"{self.root}: already exists; delete it or choose another output directory")
-        if fps <= 0:
-            raise DatasetError(f"LeRobotWriter: fps must be > 0, got {fps}")
-        for key in (STATE, ACTION):
-            if key not in features:
-                raise DatasetError(f"LeRobotWriter: features must contain {key!r}; got {sorted(features)}")
-        self.fps = fps
+        self.fps = _integral_fps(fps)
+        if not features:
+            raise DatasetError("LeRobotWriter: features is empty")
         self.robot_type = robot_type
         self.features = {k: dict(v) for k, v in features.items()}
         for k, v in self.features.items():
-            if k in (STATE, ACTION) and (v.get("dtype") != "float32" or len(v.get("shape", [])) != 1):
-                raise DatasetError(f"LeRobotWriter: feature {k!r} must be float32 with shape [d], got {v}")
-            if k.startswith(IMAGE_PREFIX) and v.get("dtype") != "image":
-                raise DatasetError(
-                    f"LeRobotWriter: feature {k!r} must have dtype 'image', got {v.get('dtype')!r}"
-                )
-            if k not in (STATE, ACTION) and not k.startswith(IMAGE_PREFIX):
-                raise DatasetError(
-                    f"LeRobotWriter: unsupported feature {k!r}; "
-                    f"expected {STATE!r}, {ACTION!r} or {IMAGE_PREFIX}<cam>"
-                )
-        self.image_keys = [k for k in self.features if k.startswith(IMAGE_PREFIX)]
+            self._check_feature(k, v)
+            v["shape"] = [int(s) for s in v["shape"]]
+        self.image_keys = [k for k, v in self.features.items() if v["dtype"] == "image"]
+        self.vector_keys = [k for k in self.features if k not in self.image_keys]
         self.data_files_size_in_mb = data_files_size_in_mb
         self.chunks_size = chunks_size
         self.png_compress_level = png_compress_level
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=self.root.name + ".tmp-", dir=self.root.parent))
+        self.tmp = _make_temp_dir(self.root.parent, self.root.name + ".tmp-")
         self._tasks: dict[str, int] = {}
         self._episodes: list[dict[str, Any]] = []
         self._num_frames = 0
         self._file_index = 0
         self._file_bytes = 0
         self._pq: pq.ParquetWriter | None = None
-        self._stats = {STATE: StatsAccumulator(), ACTION: StatsAccumulator()}
-        self._img_sums = {k: np.zeros((3, 3)) for k in self.image_keys}  # rows: sum, sum sq, count
-        self._img_min = {k: np.full(3, 255.0) for k in self.image_keys}
-        self._img_max = {k: np.zeros(3) for k in self.image_keys}
+        self._stats = {k: StatsAccumulator() for k in (*self.vector_keys, *INDEX_FEATURES)}
+        self._pixels = {k: PixelStatsAccumulator() for k in self.image_keys}
         self._closed = False
         self._schema = self._make_schema()
+
+    @staticmethod
+    def _check_feature(k: str, v: Mapping[str, Any]) -> None:
+        shape = v.get("shape")
+        if k in INDEX_FEATURES:
+            raise DatasetError(f"LeRobotWriter: feature {k!r} is an index column the writer adds itself")
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise DatasetError(f"LeRobotWriter: feature {k!r} needs a shape of positive ints, got {shape!r}")
+        if v.get("dtype") == "image":
+            if len(shape) != 3 or shape[2] != 3:
+                raise DatasetError(
+                    f"LeRobotWriter: image feature {k!r} must have shape [y, x, 3], got {shape}"
+                )
+        elif k.startswith(IMAGE_PREFIX):
+            raise DatasetError(
+                f"LeRobotWriter: feature {k!r} must have dtype 'image', got {v.get('dtype')!r}"
+            )
+        elif v.get("dtype") not in VECTOR_DTYPES or len(shape) != 1:
+            raise DatasetError(
+                f"LeRobotWriter: feature {k!r} must be a vector ({' | '.join(VECTOR_DTYPES)}, shape [d]) "
+                f"or an image (dtype 'image', shape [y, x, 3]); got {dict(v)}"
+            )
 
     # ----------------------------------------------------------------------------------------------
     def __enter__(self) -> LeRobotWriter:
@@ -177,19 +234,17 @@ class LeRobotWriter:
     def num_frames(self) -> int:
         return self._num_frames
 
+    def _vector_type(self, spec: Mapping[str, Any]) -> pa.DataType:
+        t = VECTOR_DTYPES[spec["dtype"]]
+        d = int(spec["shape"][0])
+        return t if d == 1 else pa.list_(t, d)  # shape-(1,) features are scalar columns, as in LeRobot
+
     def _make_schema(self) -> pa.Schema:
         fields = [
-            pa.field(STATE, pa.list_(pa.float32(), int(self.features[STATE]["shape"][0]))),
-            pa.field(ACTION, pa.list_(pa.float32(), int(self.features[ACTION]["shape"][0]))),
+            pa.field(k, _IMAGE_STRUCT if k in self.image_keys else self._vector_type(v))
+            for k, v in self.features.items()
         ]
-        fields += [pa.field(k, _IMAGE_STRUCT) for k in self.image_keys]
-        fields += [
-            pa.field("timestamp", pa.float32()),
-            pa.field("frame_index", pa.int64()),
-            pa.field("episode_index", pa.int64()),
-            pa.field("index", pa.int64()),
-            pa.field("task_index", pa.int64()),
-        ]
+        fields += [pa.field(k, VECTOR_DTYPES[v["dtype"]]) for k, v in INDEX_FEATURES.items()]
         return pa.schema(fields)
 
     def _check_frames(self, frames: Mapping[str, np.ndarray]) -> int:
@@ -200,13 +255,13 @@ class LeRobotWriter:
                 f"add_episode: frames missing {missing}, unexpected {extra}; "
                 f"features are {list(self.features)}"
             )
-        n = int(np.asarray(frames[ACTION]).shape[0])
+        n = int(np.asarray(frames[next(iter(self.features))]).shape[0])
         if n == 0:
             raise DatasetError("add_episode: episode has 0 frames")
         for k, spec in self.features.items():
             a = np.asarray(frames[k])
             want = (n, *[int(v) for v in spec["shape"]])
-            if a.shape != want:
+            if a.shape != want and not (spec["shape"] == [1] and a.shape == (n,)):
                 raise DatasetError(f"add_episode: {k!r} has shape {a.shape}, expected {want}")
             if spec["dtype"] == "image":
                 if a.dtype != np.uint8:
@@ -224,30 +279,30 @@ class LeRobotWriter:
         n = self._check_frames(frames)
         ep = len(self._episodes)
         task_index = self._tasks.setdefault(task, len(self._tasks))
-        state = np.asarray(frames[STATE], dtype=np.float32)  # (e, s)
-        action = np.asarray(frames[ACTION], dtype=np.float32)  # (e, d)
-        cols: dict[str, pa.Array] = {
-            STATE: pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), state.shape[1]),
-            ACTION: pa.FixedSizeListArray.from_arrays(pa.array(action.reshape(-1)), action.shape[1]),
+        frame_index = np.arange(n, dtype=np.int64)
+        values: dict[str, np.ndarray] = {  # feature -> (e, d) vectors, (e,) index columns
+            k: np.asarray(frames[k], dtype=self.features[k]["dtype"]).reshape(n, -1) for k in self.vector_keys
         }
+        values["timestamp"] = (frame_index / self.fps).astype(np.float32)
+        values["frame_index"] = frame_index
+        values["episode_index"] = np.full(n, ep, np.int64)
+        values["index"] = self._num_frames + frame_index
+        values["task_index"] = np.full(n, task_index, np.int64)
+        cols: dict[str, pa.Array] = {}
+        for k, v in values.items():
+            if v.ndim == 2 and v.shape[1] > 1:
+                cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
+            else:
+                cols[k] = pa.array(v.reshape(-1))
+        pixels: dict[str, PixelStatsAccumulator] = {}
         for k in self.image_keys:
             imgs = np.asarray(frames[k])  # (e, y, x, 3)
             png = [encode_png(im, self.png_compress_level) for im in imgs]
             cols[k] = pa.StructArray.from_arrays(
                 [pa.array(png, pa.binary()), pa.nulls(n, pa.string())], fields=list(_IMAGE_STRUCT)
             )
-            px = imgs.reshape(n, -1, 3).astype(np.float64)
-            self._img_sums[k] += np.stack(
-                [px.sum((0, 1)), (px**2).sum((0, 1)), np.full(3, px.shape[0] * px.shape[1])]
-            )
-            self._img_min[k] = np.minimum(self._img_min[k], px.min((0, 1)))
-            self._img_max[k] = np.maximum(self._img_max[k], px.max((0, 1)))
-        frame_index = np.arange(n, dtype=np.int64)
-        cols["timestamp"] = pa.array((frame_index / self.fps).astype(np.float32))
-        cols["frame_index"] = pa.array(frame_index)
-        cols["episode_index"] = pa.array(np.full(n, ep, np.int64))
-        cols["index"] = pa.array(self._num_frames + frame_index)
-        cols["task_index"] = pa.array(np.full(n, task_index, np.int64))
+            pixels[k] = PixelStatsAccumulator()
+            pixels[k].update(imgs)
         table = pa.table([cols[f.name] for f in self._schema], schema=self._schema)
 
         limit = self.data_files_size_in_mb * 1024 * 1024
@@ -264,8 +319,6 @@ class LeRobotWriter:
         self._pq.write_table(table)
         self._file_bytes += table.nbytes
 
-        self._stats[STATE].update(state)
-        self._stats[ACTION].update(action)
         row: dict[str, Any] = {
             "episode_index": ep,
             "tasks": [task],
@@ -277,14 +330,23 @@ class LeRobotWriter:
             "meta/episodes/chunk_index": 0,
             "meta/episodes/file_index": 0,
         }
-        for key, arr in ((STATE, state), (ACTION, action)):
-            fs = compute_full_stats(arr)
-            for stat in ("min", "max", "mean", "std", "q01", "q99"):
-                row[f"stats/{key}/{stat}"] = np.asarray(getattr(fs, stat), np.float64).tolist()
-            row[f"stats/{key}/count"] = [n]
+        ep_stats: dict[str, dict[str, Any]] = {}
+        for k, v in values.items():
+            self._stats[k].update(v)
+            ep_stats[k] = _stats_json(compute_full_stats(v), self._kind(k))
+        for k, acc in pixels.items():
+            self._pixels[k].merge(acc)
+            ep_stats[k] = _stats_json(acc.result(), "image")
+        for k in (*self.features, *INDEX_FEATURES):  # LeRobot's column order: features, then indices
+            for stat, val in ep_stats[k].items():
+                row[f"stats/{k}/{stat}"] = val
         self._episodes.append(row)
         self._num_frames += n
         return ep
+
+    def _kind(self, key: str) -> str:
+        spec = self.features.get(key) or INDEX_FEATURES[key]
+        return str(spec["dtype"])
 
     def add_meta_json(self, name: str, obj: Any) -> None:
         """Write an extra JSON file `meta/<name>` (e.g. collection settings); readers ignore it."""
@@ -334,24 +396,14 @@ class LeRobotWriter:
         ep_table = pa.Table.from_pylist(self._episodes)
         pq.write_table(ep_table, self.tmp / EPISODES_PATH.format(chunk_index=0, file_index=0))
 
-        stats: dict[str, Any] = {k: acc.result().to_json() for k, acc in self._stats.items()}
-        for k in self.image_keys:  # per channel, scaled to [0, 1], shape (3, 1, 1) like LeRobot
-            s, s2, c = self._img_sums[k]
-            mean = s / c
-            std = np.sqrt(np.maximum(s2 / c - mean**2, 0.0))
-            stats[k] = {
-                name: (v / 255.0).reshape(3, 1, 1).tolist()
-                for name, v in (
-                    ("mean", mean),
-                    ("std", std),
-                    ("min", self._img_min[k]),
-                    ("max", self._img_max[k]),
-                )
-            }
-            stats[k]["count"] = [self._num_frames]
-        (meta / "stats.json").write_text(json.dumps(stats, indent=2))
+        stats: dict[str, Any] = {
+            k: _stats_json(acc.result(), self._kind(k)) for k, acc in self._stats.items()
+        }
+        stats.update({k: _stats_json(acc.result(), "image") for k, acc in self._pixels.items()})
+        stats = {k: stats[k] for k in (*self.features, *INDEX_FEATURES)}
+        (meta / "stats.json").write_text(json.dumps(stats, indent=4))
 
-        features = {**self.features, **INDEX_FEATURES}
+        size_mb = self.data_files_size_in_mb
         info = {
             "codebase_version": CODEBASE_VERSION,
             "robot_type": self.robot_type,
@@ -359,13 +411,13 @@ class LeRobotWriter:
             "total_frames": self._num_frames,
             "total_tasks": len(self._tasks),
             "chunks_size": self.chunks_size,
-            "data_files_size_in_mb": self.data_files_size_in_mb,
+            "data_files_size_in_mb": int(size_mb) if float(size_mb).is_integer() else size_mb,
             "video_files_size_in_mb": 200,
             "fps": self.fps,
             "splits": {"train": f"0:{len(self._episodes)}"},
             "data_path": DATA_PATH,
             "video_path": None,
-            "features": features,
+            "features": {**self.features, **INDEX_FEATURES},
         }
         (meta / "info.json").write_text(json.dumps(info, indent=4))
 
