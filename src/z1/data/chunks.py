@@ -1,11 +1,17 @@
 """Training samples for flow-matching SFT: one sample per dataset frame (pi05.md §6, last bullet).
 
 Sample i (global frame row r = i, inside episode [s, e)):
-    images        (n, y, x, 3) uint8   the cameras at frame r, in the order asked for
+    images        (n, y, x, 3) uint8   the cameras at frame r, in the order asked for (float32 in [0, 1]
+                                       when the checkpoint resizes floats, see below)
     state         (s,) float32         normalized state at frame r
     instruction   str                  the episode's task string
     actions       (h, a) float32       normalized actions r .. r+h-1, zero beyond the episode end and beyond d
     action_mask   (h, a) float32       1 on real dims (< d) of real rows (< e), else 0
+
+The normalization's `Conventions` decide what the model trained on where the checkpoint comes from:
+actions on `relative_action_dims` become offsets from the raw state at frame r before they are normalized
+(LeRobot's relative actions), and with `resize == "float-bilinear"` (LeRobot) the images leave as float
+[0, 1], which `z1.models.transforms.images_to_model` resizes without antialiasing.
 
 Images are decoded once into one uint8 array when they fit in `preload_max_bytes` (a few 10k frames at 64x64
 take a few hundred MB); otherwise each batch decodes its frames from the dataset.
@@ -51,9 +57,11 @@ class ChunkDataset(torch.utils.data.Dataset):
         self.norm = normalization
         n, d = ds.num_frames, ds.action_dim
         self.state = normalization.normalize_state(ds.state).astype(np.float32)  # (N, s)
-        act = np.zeros((n + horizon, action_dim_pad), np.float32)  # (N + h, a): zero rows past the data
-        act[:n, :d] = normalization.normalize_action(ds.action)
-        self._act = act
+        self._raw_state = np.asarray(ds.state, np.float32)  # (N, s): relative actions are offsets from it
+        raw = np.zeros((n + horizon, d), np.float32)  # (N + h, d): zero rows past the data
+        raw[:n] = ds.action
+        self._raw_act = raw
+        self._float_images = normalization.conventions.resize == "float-bilinear"
         ranges = np.asarray([ds.episode_range(i) for i in range(ds.num_episodes)], np.int64)  # (E, 2)
         self.episode_end = ranges[ds.frame_episode, 1]  # (N,) exclusive end row of each frame's episode
         self._task_ids = ds.task_index.copy()  # (N,)
@@ -89,16 +97,23 @@ class ChunkDataset(torch.utils.data.Dataset):
         return self.ds.tasks[int(self._task_ids[i])], self.state[i]
 
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
-        """A batch as numpy arrays: images (b, n, y, x, 3) uint8, state (b, s), actions (b, h, a),
-        action_mask (b, h, a), instruction (list of b strings), index (b,)."""
+        """A batch as numpy arrays: images (b, n, y, x, 3) uint8 (float32 [0, 1] for checkpoints that resize
+        floats), state (b, s), actions (b, h, a), action_mask (b, h, a), instruction (list of b strings),
+        index (b,)."""
         idx = np.asarray(indices, np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"sample index out of range 0..{len(self) - 1}")
         rows, valid = self._rows(idx)
-        actions = self._act[rows]  # (b, h, a)
+        d = self.ds.action_dim
+        y = self.norm.normalize_action(self._raw_act[rows], self._raw_state[idx])  # (b, h, d)
+        actions = np.zeros((len(idx), self.horizon, self.action_dim_pad), np.float32)  # (b, h, a)
+        actions[:, :, :d] = np.where(valid[:, :, None], y, np.float32(0.0))
         mask = valid[:, :, None].astype(np.float32) * self._dim_mask[None, None, :]  # (b, h, a)
+        images = self._images(idx)  # (b, n, y, x, 3) uint8
+        if self._float_images:
+            images = images.astype(np.float32) / np.float32(255.0)  # LeRobot's float [0, 1] images
         return {
-            "images": self._images(idx),
+            "images": images,
             "state": self.state[idx],
             "actions": actions,
             "action_mask": mask,
@@ -109,7 +124,7 @@ class ChunkDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         b = self.get_batch([int(i)])
         return {
-            "images": torch.from_numpy(b["images"][0]),  # (n, y, x, 3) uint8
+            "images": torch.from_numpy(b["images"][0]),  # (n, y, x, 3) uint8 or float32
             "state": torch.from_numpy(b["state"][0]),  # (s,)
             "instruction": b["instruction"][0],
             "actions": torch.from_numpy(b["actions"][0]),  # (h, a)

@@ -1,13 +1,14 @@
 """Gemma building blocks for one stream of the pi0.5 mixture of transformers (pi05.md §1.2, §2.2).
 
 Numerics follow openpi: RMSNorm with (1 + w) in fp32, adaRMS (scale | shift | gate) with no learned weight,
-GeGLU MLP without biases, half-split RoPE with theta 10000, query scaled by head_dim^-0.5 after RoPE,
-attention logits and softmax in fp32 with masked logits set to -2.3819763e38.
+GeGLU MLP without biases, half-split RoPE with theta 10000 (angle form: `rope_tables`), query scaled by
+head_dim^-0.5 after RoPE, attention logits and softmax in fp32 with masked logits set to -2.3819763e38.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -125,14 +126,32 @@ class GemmaBlock(nn.Module):
         return x + (out if gate is None else gate * out)
 
 
-def rope_tables(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
-    """positions (b, s) int -> (sin, cos), each (b, 1, s, head_dim/2) fp32 (reused by all layers)."""
+def rope_tables(
+    positions: Tensor, head_dim: int, form: Literal["openpi", "transformers"] = "openpi"
+) -> tuple[Tensor, Tensor]:
+    """positions (b, s) int -> (sin, cos), each (b, 1, s, head_dim/2) fp32 (reused by all layers).
+
+    Angle of frequency i at position p, timescale_i = theta^(2i / head_dim), all in fp32:
+        "openpi":       p / timescale_i          (JAX; the form the pi0.5 checkpoints were trained in)
+        "transformers": p * (1 / timescale_i)    (Hugging Face Gemma's inverse frequencies, as LeRobot runs)
+    The two differ only by fp32 rounding of the angle (a few ulps, growing with the position).
+    """
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
     half = head_dim // 2
-    freq_exponents = torch.arange(half, dtype=torch.float32, device=positions.device) * (2.0 / head_dim)
-    timescale = ROPE_THETA**freq_exponents  # (half,)
-    angles = positions.to(torch.float32)[:, None, :, None] / timescale  # (b, 1, s, half)
+    pos = positions.to(torch.float32)[:, None, :, None]  # (b, 1, s, 1)
+    if form == "openpi":
+        freq_exponents = torch.arange(half, dtype=torch.float32, device=positions.device) * (2.0 / head_dim)
+        timescale = ROPE_THETA**freq_exponents  # (half,)
+        angles = pos / timescale  # (b, 1, s, half)
+    elif form == "transformers":
+        exponents = (
+            torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
+        )
+        inv_freq = 1.0 / (ROPE_THETA**exponents)  # (half,)
+        angles = pos * inv_freq  # (b, 1, s, half)
+    else:
+        raise ValueError(f"RoPE form must be 'openpi' or 'transformers', got {form!r}")
     return torch.sin(angles), torch.cos(angles)
 
 
@@ -144,9 +163,9 @@ def apply_rope(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
-def rope(x: Tensor, positions: Tensor) -> Tensor:
+def rope(x: Tensor, positions: Tensor, form: Literal["openpi", "transformers"] = "openpi") -> Tensor:
     """Half-split rotary embedding. x (b, heads, s, hd); positions (b, s) int -> same shape/dtype as x."""
-    sin, cos = rope_tables(positions, x.shape[-1])
+    sin, cos = rope_tables(positions, x.shape[-1], form)
     return apply_rope(x, sin, cos)
 
 

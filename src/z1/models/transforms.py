@@ -1,9 +1,12 @@
 """Observation -> model inputs, and model actions -> env actions (pi05.md §2.3, §4).
 
 Order (as openpi): normalize the state -> build the prompt from the normalized, unpadded state ->
-tokenize. Images: uint8 (y, x, 3) -> resize-with-pad on uint8 to the model's square size (bilinear,
-antialiased) -> float [-1, 1] (3, y, x), padding -1. Env cameras map onto the model's fixed camera slots;
-a slot with no camera gets an all -1 image and mask False (it still goes through the vision tower).
+tokenize. Images: uint8 (y, x, 3) -> resize-with-pad to the model's square size by the checkpoint's rule
+(`Conventions.resize`: openpi's antialiased uint8 resize, or LeRobot's float resize without antialiasing)
+-> float [-1, 1] (3, y, x), padding -1. Env cameras (renamed first by `Conventions.camera_rename`) map
+onto the model's fixed camera slots; a slot with no camera gets an all -1 image and mask False (it still
+goes through the vision tower). Actions go back through `Normalization.unnormalize_action`, which also
+adds the state back on relative action dims.
 """
 
 from __future__ import annotations
@@ -17,26 +20,48 @@ import torch.nn.functional as F
 from z1.config import PolicyConfig
 from z1.models.pi05 import PolicyInputs
 from z1.models.tokenizer import Tokenizer, tokenize_prompt
-from z1.types import Normalization, Observation
+from z1.types import Conventions, Normalization, Observation, ResizeRule
 
 
-def images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (b, y, x, 3) -> float32 (b, 3, size, size) in [-1, 1], resized with padding when needed.
+def images_to_model(images: torch.Tensor, size: int, resize: ResizeRule | None = None) -> torch.Tensor:
+    """(b, y, x, 3) uint8, or float32 in [0, 1] -> float32 (b, 3, size, size) in [-1, 1].
 
-    As openpi: the resize happens on uint8 (bilinear, antialiased, rounded; torch's channels-last uint8
-    kernel, ~7x faster than resizing floats) and keeps the aspect ratio (`resize_with_pad`): scale by
-    max(y, x) / size, then pad centered with -1 (the extra pixel on the bottom/right).
+    An image of another size keeps its aspect ratio (`resize_with_pad`): scale by max(y, x) / size, then
+    pad centered with -1 (the extra pixel on the bottom/right). `resize` (`Conventions.resize`) chooses the
+    filter; None takes the input's own: uint8 -> "uint8-antialias", float -> "float-bilinear".
+      "uint8-antialias" (openpi): resize the uint8 image (bilinear, antialiased, rounded; torch's
+        channels-last uint8 kernel, ~7x faster than resizing floats), then x * 2/255 - 1.
+      "float-bilinear" (LeRobot): x / 255 for uint8 input, bilinear resize WITHOUT antialiasing
+        (align_corners=False), clamp to [0, 1], then x * 2 - 1.
+    The two differ where the image has detail finer than the output grid: downscaling 2x without
+    antialiasing samples 2 of every 4 pixels instead of averaging them.
     """
-    if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
-        raise ValueError(f"images must be (b, y, x, 3) uint8, got {tuple(images.shape)} {images.dtype}")
+    if images.dim() != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (b, y, x, 3), got {tuple(images.shape)} {images.dtype}")
+    is_uint8 = images.dtype == torch.uint8
+    if not is_uint8 and images.dtype != torch.float32:
+        raise ValueError(f"images must be uint8 or float32 in [0, 1], got {images.dtype}")
+    rule = resize if resize is not None else ("uint8-antialias" if is_uint8 else "float-bilinear")
+    if rule not in ("uint8-antialias", "float-bilinear"):
+        raise ValueError(f"resize must be 'uint8-antialias' or 'float-bilinear', got {rule!r}")
+    if rule == "uint8-antialias" and not is_uint8:
+        raise ValueError("resize 'uint8-antialias' needs uint8 images; float images resize 'float-bilinear'")
     u = images.permute(0, 3, 1, 2)  # (b, 3, y, x), channels-last strides
     h, w = u.shape[-2:]
     rh, rw = h, w
     if (h, w) != (size, size):
         ratio = max(h / size, w / size)
         rh, rw = int(h / ratio), int(w / ratio)
-        u = F.interpolate(u, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
-    x = u.to(torch.float32) * (2.0 / 255.0) - 1.0  # (b, 3, rh, rw)
+    if rule == "uint8-antialias":
+        if (rh, rw) != (h, w):
+            u = F.interpolate(u, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
+        x = u.to(torch.float32) * (2.0 / 255.0) - 1.0  # (b, 3, rh, rw)
+    else:
+        f = u.to(torch.float32) / 255.0 if is_uint8 else u  # (b, 3, y, x) in [0, 1]
+        if (rh, rw) != (h, w):
+            f = F.interpolate(f, size=(rh, rw), mode="bilinear", align_corners=False, antialias=False)
+            f = f.clamp(0.0, 1.0)
+        x = f * 2.0 - 1.0  # (b, 3, rh, rw)
     if (rh, rw) == (size, size):
         return x
     top, left = (size - rh) // 2, (size - rw) // 2
@@ -75,8 +100,11 @@ class ObservationEncoder:
 
     norm: state normalization (quantile for pi0.5). With None the observation's state is assumed to be
         normalized already.
-    camera_map: {env camera name: model camera slot}; None maps by equal names, else in order.
+    camera_map: {env camera name: model camera slot}; None maps by equal names (after the conventions'
+        camera renames), else in order.
     include_state: put the discretized state into the prompt (False = openpi's pi05_libero format).
+    conventions: the checkpoint's resize rule and camera renames; default `norm.conventions` (z1's own
+        openpi rules without a norm).
     """
 
     def __init__(
@@ -88,6 +116,7 @@ class ObservationEncoder:
         *,
         include_state: bool = True,
         device: torch.device | str = "cpu",
+        conventions: Conventions | None = None,
     ) -> None:
         self.config = config
         self.norm = norm
@@ -95,6 +124,9 @@ class ObservationEncoder:
         self.camera_map = dict(camera_map) if camera_map is not None else None
         self.include_state = include_state
         self.device = torch.device(device)
+        if conventions is None:
+            conventions = norm.conventions if norm is not None else Conventions()
+        self.conventions = conventions
         if tokenizer.vocab_size > config.vocab_size:
             raise ValueError(
                 f"tokenizer has {tokenizer.vocab_size} ids but the policy {config.name!r} only "
@@ -103,9 +135,22 @@ class ObservationEncoder:
         self._slot_cache: dict[tuple[str, ...], dict[str, str]] = {}
 
     def _slots_for(self, env_cameras: tuple[str, ...]) -> dict[str, str]:
+        """{model slot: env camera} for an observation with these cameras."""
         m = self._slot_cache.get(env_cameras)
         if m is None:
-            m = resolve_camera_map(self.config.cameras, env_cameras, self.camera_map)
+            if self.camera_map is None and self.conventions.camera_rename:
+                rename = dict(self.conventions.camera_rename)
+                renamed = tuple(rename.get(c, c) for c in env_cameras)
+                if len(set(renamed)) != len(renamed):
+                    raise ValueError(
+                        f"conventions.camera_rename {rename} maps two of the env cameras {list(env_cameras)} "
+                        "to the same name; pass camera_map={env_camera: slot} to choose"
+                    )
+                original = dict(zip(renamed, env_cameras))
+                by_renamed = resolve_camera_map(self.config.cameras, renamed, None)
+                m = {slot: original[name] for slot, name in by_renamed.items()}
+            else:
+                m = resolve_camera_map(self.config.cameras, env_cameras, self.camera_map)
             missing = [c for c in m.values() if c not in env_cameras]
             if missing:
                 raise ValueError(
@@ -147,7 +192,7 @@ class ObservationEncoder:
                             f"camera {cam!r} images must be uint8 (y, x, 3), got {arr.dtype} {shape}"
                         )
                     idx = torch.as_tensor(rs)
-                    images[idx, j] = images_to_model(torch.from_numpy(arr), size)
+                    images[idx, j] = images_to_model(torch.from_numpy(arr), size, self.conventions.resize)
                     image_mask[idx, j] = True
         tokens = np.zeros((b, cfg.max_token_len), dtype=np.int64)
         token_mask = np.zeros((b, cfg.max_token_len), dtype=bool)
@@ -185,13 +230,19 @@ def action_dim_mask(d: int, a: int) -> torch.Tensor:
 
 
 def actions_to_env(
-    chunk: np.ndarray, norm: Normalization | None, d: int, low: np.ndarray | None, high: np.ndarray | None
+    chunk: np.ndarray,
+    norm: Normalization | None,
+    d: int,
+    low: np.ndarray | None,
+    high: np.ndarray | None,
+    state: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Normalized model actions (..., h, a) -> env actions (..., h, d): slice the real dims, un-normalize,
+    """Normalized model actions (..., h, a) -> env actions (..., h, d): slice the real dims, un-normalize
+    (adding the raw `state` (..., s) back on relative action dims, `Conventions.relative_action_dims`),
     clip to [low, high] (either may be None)."""
     a = np.asarray(chunk, dtype=np.float32)[..., :d]
     if norm is not None:
-        a = norm.unnormalize_action(a)
+        a = norm.unnormalize_action(a, state)
     if low is not None or high is not None:
         a = np.clip(a, low, high)
     return a.astype(np.float32, copy=False)

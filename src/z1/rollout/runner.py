@@ -88,10 +88,13 @@ class PolicyRunner:
             d_exec=self.spec.action_dim,
         )
 
-    def to_env(self, chunk: np.ndarray) -> np.ndarray:
-        """(b, h, a) normalized model actions -> (b, h_exec, d) env actions, clipped to the bounds."""
+    def to_env(self, chunk: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        """(b, h, a) normalized model actions -> (b, h_exec, d) env actions, clipped to the bounds.
+
+        states (b, s): the raw states the chunks were computed from; needed when the checkpoint predicts
+        actions relative to the state (`Conventions.relative_action_dims`), which are added back here."""
         d = self.spec.action_dim
-        a = self.norm.unnormalize_action(chunk[:, : self.h_exec, :d])
+        a = self.norm.unnormalize_action(chunk[:, : self.h_exec, :d], states)
         return np.clip(a, self._low, self._high).astype(np.float32)
 
     @torch.no_grad()
@@ -137,5 +140,8 @@ class PolicyRunner:
             elif noise.shape != (len(observations), h, a):
                 raise ValueError(f"noise must be ({len(observations)}, {h}, {a}), got {tuple(noise.shape)}")
             sample = sample_chunk(self.model, row_cache, noise, cfg, generator=generator)
-        env_actions = self.to_env(sample.actions.float().numpy())
+        states = None
+        if self.norm.conventions.relative_action_dims:
+            states = np.stack([np.asarray(ob.state, dtype=np.float32) for ob in observations])  # (b, s)
+        env_actions = self.to_env(sample.actions.float().numpy(), states)
         return Acted(env_actions, sample, inputs, cache, row_idx, len(unique))
