@@ -206,7 +206,7 @@ def write_lerobot(root: Path, tensors: dict[str, torch.Tensor]) -> None:
         "max_action_dim": 32,
         "tokenizer_max_length": 48,
         "empty_cameras": 1,
-        "image_resolution": [224, 224],
+        "image_resolution": [16, 16],  # the SMALL vision tower's input (4x4 patches of 4 px)
         "some_future_field": {"x": 1},
     }
     (root / "config.json").write_text(json.dumps(cfg))

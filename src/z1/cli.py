@@ -108,9 +108,13 @@ class ImportCmd:
     action_horizon: int | None = None
     """Action horizon, if the source's config does not say (openpi files)."""
     norm_stats: str | None = None
-    """Explicit norm_stats.json (openpi assets/<id>/norm_stats.json)."""
+    """Explicit norm_stats.json (openpi assets/<id>/norm_stats.json) or LeRobot
+    *normalizer_processor.safetensors."""
     tokenizer: str | None = None
     """PaliGemma's SentencePiece tokenizer.model (needed by real pi0.5; stored in the checkpoint)."""
+    accept: tuple[str, ...] = ()
+    """Source config fields whose effect z1 does not implement (the import names them when it stops),
+    to import anyway; the accepted differences are recorded in the checkpoint's extra.json."""
 
 
 @dataclass(frozen=True)
@@ -236,16 +240,21 @@ def _cmd_report(c: ReportCmd) -> None:
 def _cmd_import(c: ImportCmd) -> None:
     from pathlib import Path
 
-    from z1.models.checkpoint import import_cli
+    from z1.models.checkpoint import CheckpointError
+    from z1.models.pi05_import import import_cli
 
     _process_setup(None)
-    import_cli(
-        Path(c.src),
-        Path(c.dst),
-        action_horizon=c.action_horizon,
-        norm_stats=Path(c.norm_stats) if c.norm_stats else None,
-        tokenizer=c.tokenizer,
-    )
+    try:
+        import_cli(
+            Path(c.src),
+            Path(c.dst),
+            action_horizon=c.action_horizon,
+            norm_stats=Path(c.norm_stats) if c.norm_stats else None,
+            tokenizer=c.tokenizer,
+            accept=c.accept,
+        )
+    except CheckpointError as e:
+        raise SystemExit(f"z1 import: {e}") from None
 
 
 def _cmd_envs(c) -> None:

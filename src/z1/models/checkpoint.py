@@ -13,9 +13,9 @@ z1 checkpoint directory:
 Training-state directory (`save_train_state`): train_state.safetensors + train_state.json with the
 optimizer state flattened, extra tensors, RNG states and user metadata.
 
-pi0.5 import (`import_pi05`, pi05.md §5.2-5.3): openpi-PyTorch (`model.safetensors` + `config.json` +
-`assets/*/norm_stats.json`) or LeRobot (`model.safetensors`, maybe `model.`-prefixed, `config.json` with
-"type": "pi05", `*normalizer_processor.safetensors`). Tensors are read one at a time.
+The import of openpi / LeRobot pi0.5 files (`import_pi05`, `import_cli`) lives in `z1.models.pi05_import`
+and is reachable from here too. The source's preprocessing conventions (`z1.types.Conventions`) travel in
+norm_stats.json with the statistics they belong to.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ import shutil
 import types
 import typing
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import z1
-from z1.config import GemmaConfig, PolicyConfig, VisionConfig, policy_preset
+from z1.config import PolicyConfig
 from z1.models import pi05_keys as K
 from z1.models.pi05 import Pi05Policy
-from z1.types import FeatureStats, Normalization
+from z1.types import Conventions, Normalization
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -68,6 +67,14 @@ class LoadedCheckpoint:
     extra: dict[str, Any]
     tokenizer_path: Path | None = None
     """The SentencePiece file stored with the checkpoint (real pi0.5 needs it), or None."""
+
+    @property
+    def conventions(self) -> Conventions:
+        """The preprocessing rules of the framework that trained the checkpoint (openpi defaults if the
+        checkpoint does not record them)."""
+        if self.norm is not None:
+            return self.norm.conventions
+        return Conventions.from_json(self.extra.get("conventions") or {})
 
 
 # ------------------------------------------------------------------------------------ config JSON
@@ -286,6 +293,13 @@ def _materialize(
     source: {z1 name: key in the safetensors file `f`}. Every parameter/buffer must be present with the
     right shape (checked before any memory is allocated).
     """
+    if config.rope != "openpi":
+        # Pi05Policy builds its RoPE tables with gemma.rope_tables' default form; until it passes
+        # config.rope through, a config asking for another form would silently run the openpi one.
+        raise CheckpointError(
+            f"{what}: policy field 'rope' is {config.rope!r}, but Pi05Policy only runs the 'openpi' RoPE "
+            "form; set it to 'openpi' (the two forms differ by fp32 rounding of the angles)"
+        )
     with torch.device("meta"):
         model = Pi05Policy(config)
     expected = model.state_dict()
@@ -512,389 +526,14 @@ def load_train_state(
 
 
 # ----------------------------------------------------------------------------------- pi0.5 import
-@dataclass(frozen=True)
-class KeyPlan:
-    """How the keys of a pi0.5 file map onto z1: {z1 name: file key}, plus what is skipped or unknown."""
-
-    source: dict[str, str]
-    skipped: dict[str, str]  # file key -> reason
-    unexpected: list[str]
-    prefixed: bool  # LeRobot `model.` prefix present
+_IMPORT_NAMES = ("KeyPlan", "import_cli", "import_pi05", "import_summary", "infer_policy_config", "plan_keys")
 
 
-def plan_keys(file_keys: list[str]) -> KeyPlan:
-    """Map the keys of an openpi/LeRobot pi0.5 safetensors file to z1 names (pi05.md §5.2-5.3)."""
-    canon: dict[str, str] = {}
-    for k in file_keys:
-        c = K.canonical_openpi_key(k)
-        if c in canon:
-            raise CheckpointError(f"keys {canon[c]!r} and {k!r} both map to {c!r}; the file mixes layouts")
-        canon[c] = k
-    is_pi05 = "time_mlp_in.weight" in canon or any(c.endswith("input_layernorm.dense.weight") for c in canon)
-    if not is_pi05:
-        if "state_proj.weight" in canon or "action_time_mlp_in.weight" in canon:
-            raise CheckpointError(
-                "this is a pi0 checkpoint (it has state_proj / action_time_mlp_in and no adaRMS norms); "
-                "pi0 is not supported, only pi0.5"
-            )
-        raise CheckpointError(
-            "not a pi0.5 checkpoint: found neither 'time_mlp_in.weight' nor '*input_layernorm.dense.weight' "
-            f"(first keys: {sorted(canon)[:3]})"
-        )
-    source: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    unexpected: list[str] = []
-    for c, k in canon.items():
-        z = K.openpi_to_z1(c)
-        if z is not None:
-            source[z] = k
-            continue
-        if c == K.EXPERT_LM_HEAD:
-            skipped[k] = "dead weight: the action expert has no embedder"
-        elif c == K.TIED_LM_HEAD:
-            skipped[k] = "tied embedding (used for embed_tokens when that key is absent)"
-        elif c.startswith(("action_time_mlp_in.", "action_time_mlp_out.")):
-            alias = "time_mlp_in." if c.startswith("action_time_mlp_in.") else "time_mlp_out."
-            alias += c.rsplit(".", 1)[1]
-            if alias in canon:
-                skipped[k] = f"superseded by {alias}"
-            else:
-                source[K.openpi_to_z1(alias) or alias] = k  # older LeRobot name of the pi0.5 time MLP
-        elif c.startswith("state_proj."):
-            skipped[k] = "pi0 state projection, unused by pi0.5"
-        elif c.startswith(f"{K.EXP}.") and c.endswith(
-            ("input_layernorm.weight", "post_attention_layernorm.weight")
-        ):
-            skipped[k] = "plain norm weight of the expert; pi0.5 uses the adaRMS dense"
-        elif c == f"{K.EXP}.norm.weight":
-            skipped[k] = "plain final norm of the expert; pi0.5 uses the adaRMS dense"
-        else:
-            unexpected.append(k)
-    if "embed_tokens.weight" not in source and K.TIED_LM_HEAD in canon:
-        source["embed_tokens.weight"] = canon[K.TIED_LM_HEAD]
-        skipped.pop(canon[K.TIED_LM_HEAD], None)
-    prefixed = any(k.startswith("model.") for k in file_keys)
-    return KeyPlan(source=source, skipped=skipped, unexpected=sorted(unexpected), prefixed=prefixed)
+def __getattr__(name: str) -> Any:
+    """The pi0.5 import lives in `z1.models.pi05_import` (it builds on this module); its names stay
+    reachable from here."""
+    if name in _IMPORT_NAMES:
+        from z1.models import pi05_import
 
-
-def _shape(shapes: Mapping[str, tuple[int, ...]], plan: KeyPlan, z1_name: str) -> tuple[int, ...]:
-    if z1_name not in plan.source:
-        raise CheckpointError(
-            f"pi0.5 file lacks {K.z1_to_openpi(z1_name)!r} (z1 {z1_name!r}); cannot infer the model geometry"
-        )
-    return shapes[plan.source[z1_name]]
-
-
-def infer_policy_config(
-    shapes: Mapping[str, tuple[int, ...]],
-    plan: KeyPlan,
-    *,
-    base: PolicyConfig | None = None,
-    action_horizon: int | None = None,
-) -> PolicyConfig:
-    """The PolicyConfig whose parameter shapes match the file. Head counts cannot be read from shapes: they
-    come from `base` (default: the pi05 preset; openpi's PyTorch port hard-codes 8 Gemma heads)."""
-    base = base or policy_preset("pi05")
-    names = list(plan.source)
-
-    def sh(n: str) -> tuple[int, ...]:
-        return _shape(shapes, plan, n)
-
-    pe = sh("vision.patch_embed.weight")  # (w, 3, patch, patch)
-    pos = sh("vision.pos_embed")  # (t, w)
-    vw, patch, tpc = pe[0], pe[2], pos[0]
-    side = math.isqrt(tpc)
-    if side * side != tpc:
-        raise CheckpointError(f"vision position embedding has {tpc} tokens, not a square grid")
-    vheads = next(
-        h
-        for h in (base.vision.num_heads, vw // 72 if vw % 72 == 0 else 0, 16, 8, 4, 2, 1)
-        if h and vw % h == 0
-    )
-    vision = VisionConfig(
-        width=vw,
-        depth=K.layer_count(names, "vision.blocks"),
-        mlp_dim=sh("vision.blocks.0.mlp.fc1.weight")[0],
-        num_heads=vheads,
-        patch=patch,
-        image_size=side * patch,
-    )
-
-    def gemma(stream: str, b: GemmaConfig) -> GemmaConfig:
-        q = sh(f"layers.0.{stream}.attn.q.weight")  # (heads*hd, w)
-        kk = sh(f"layers.0.{stream}.attn.k.weight")  # (kv*hd, w)
-        heads = b.num_heads
-        if q[0] % heads:
-            raise CheckpointError(f"{stream} q_proj has {q[0]} outputs, not divisible by {heads} heads")
-        hd = q[0] // heads
-        if kk[0] % hd:
-            raise CheckpointError(f"{stream} k_proj has {kk[0]} outputs, not a multiple of head_dim {hd}")
-        return GemmaConfig(
-            width=q[1],
-            depth=K.layer_count(names, "layers"),
-            mlp_dim=sh(f"layers.0.{stream}.mlp.gate.weight")[0],
-            num_heads=heads,
-            num_kv_heads=kk[0] // hd,
-            head_dim=hd,
-        )
-
-    cfg = replace(
-        base,
-        vision=vision,
-        vlm=gemma("vlm", base.vlm),
-        expert=gemma("expert", base.expert),
-        vocab_size=sh("embed_tokens.weight")[0],
-        action_dim=sh("action_in_proj.weight")[1],
-        action_horizon=action_horizon if action_horizon is not None else base.action_horizon,
-    )
-    preset = policy_preset("pi05")
-    geometry = ("vision", "vlm", "expert", "vocab_size", "action_dim")
-    same = all(getattr(cfg, g) == getattr(preset, g) for g in geometry)
-    return replace(cfg, name="pi05" if same else f"{base.name}-imported")
-
-
-def _stats_from_arrays(d: Mapping[str, np.ndarray], dim: int | None) -> tuple[FeatureStats, list[str]]:
-    n = dim
-    if n is None:
-        n = next(len(np.asarray(v).reshape(-1)) for v in d.values())
-    filler = {"mean": 0.0, "std": 1.0, "q01": -1.0, "q99": 1.0}
-    out, missing = {}, []
-    for k, fill in filler.items():
-        if k in d and d[k] is not None:
-            v = np.asarray(d[k], dtype=np.float32).reshape(-1)
-            if len(v) < n:
-                raise CheckpointError(f"norm stat {k!r} has {len(v)} dims but {n} are needed")
-            out[k] = v[:n]
-        else:
-            out[k] = np.full(n, fill, dtype=np.float32)
-            missing.append(k)
-    return FeatureStats(**out), missing
-
-
-def _openpi_norm(path: Path, state_dim: int | None, action_dim: int | None) -> tuple[Normalization, dict]:
-    data = json.loads(path.read_text())
-    stats = data.get("norm_stats", data)
-    if "state" not in stats or "actions" not in stats:
-        raise CheckpointError(f"{path}: expected norm_stats with 'state' and 'actions', got {sorted(stats)}")
-    st, ms = _stats_from_arrays(stats["state"], state_dim)
-    ac, ma = _stats_from_arrays(stats["actions"], action_dim)
-    mode = "quantile" if not ({"q01", "q99"} & set(ms + ma)) else "meanstd"
-    info = {"norm_source": str(path), "norm_missing": {"state": ms, "action": ma}}
-    return Normalization(state=st, action=ac, mode=mode), info
-
-
-def _lerobot_norm(
-    files: list[Path], lr_config: Mapping[str, Any], state_dim: int | None, action_dim: int | None
-) -> tuple[Normalization, dict]:
-    arrays: dict[str, np.ndarray] = {}
-    for fp in sorted(files, key=lambda q: ("unnormalizer" in q.name, q.name)):  # preprocessor first
-        with safe_open(str(fp), framework="pt") as f:
-            for k in f.keys():  # noqa: SIM118
-                arrays.setdefault(k, f.get_tensor(k).float().numpy())
-
-    def feature(prefix: str, dim: int | None) -> tuple[FeatureStats, list[str]]:
-        d = {s: arrays.get(f"{prefix}.{s}") for s in ("mean", "std", "q01", "q99")}
-        if all(v is None for v in d.values()):
-            raise CheckpointError(
-                f"LeRobot normalizer files {[f.name for f in files]} have no '{prefix}.*' stats"
-            )
-        return _stats_from_arrays({k: v for k, v in d.items() if v is not None}, dim)
-
-    st, ms = feature("observation.state", state_dim)
-    ac, ma = feature("action", action_dim)
-    mapping = lr_config.get("normalization_mapping") or {}
-    modes = {k: str(v).upper() for k, v in mapping.items() if k in ("STATE", "ACTION")}
-    want = modes.get("ACTION", "QUANTILES")
-    if modes.get("STATE", want) != want:
-        warnings.warn(
-            f"LeRobot config normalizes STATE with {modes['STATE']} and ACTION with {want}; z1 uses one mode "
-            f"for both and takes the action's",
-            stacklevel=3,
-        )
-    mode = "meanstd" if want == "MEAN_STD" else "quantile"
-    if want not in ("MEAN_STD", "QUANTILES"):
-        raise CheckpointError(
-            f"LeRobot ACTION normalization {want!r} is not supported (QUANTILES or MEAN_STD)"
-        )
-    info = {"norm_source": [str(f) for f in files], "norm_missing": {"state": ms, "action": ma}}
-    return Normalization(state=st, action=ac, mode=mode), info
-
-
-def _lerobot_dims(lr: Mapping[str, Any]) -> tuple[int | None, int | None, list[str]]:
-    def dim(group: str, name: str) -> int | None:
-        feat = (lr.get(group) or {}).get(name) or {}
-        shape = feat.get("shape")
-        return int(shape[0]) if shape else None
-
-    cams = [
-        n.removeprefix("observation.images.")
-        for n, feat in (lr.get("input_features") or {}).items()
-        if str(feat.get("type", "")).upper() == "VISUAL"
-    ]
-    cams += [f"empty_camera_{i}" for i in range(int(lr.get("empty_cameras", 0) or 0))]
-    return dim("input_features", "observation.state"), dim("output_features", "action"), cams
-
-
-def import_pi05(
-    path: str | Path,
-    *,
-    action_horizon: int | None = None,
-    norm_stats: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
-    base: PolicyConfig | None = None,
-    strict: bool = True,
-    progress: ProgressFn | None = None,
-) -> LoadedCheckpoint:
-    """Import an openpi-PyTorch or LeRobot pi0.5 checkpoint (a directory or its model.safetensors).
-
-    action_horizon: overrides the file's (openpi config.json `action_horizon`, LeRobot `chunk_size`).
-    norm_stats: an openpi norm_stats.json or a LeRobot *normalizer_processor.safetensors; by default found
-        next to the weights (assets/*/norm_stats.json, or *normalizer_processor.safetensors).
-    base: supplies what shapes cannot tell (head counts, cameras, tokenizer); default the pi05 preset.
-    strict: unknown tensors in the file are an error (else a warning).
-    """
-    p = Path(path).expanduser()
-    root, weights = (p.parent, p) if p.is_file() else (p, p / MODEL_FILE)
-    if not weights.is_file():
-        raise CheckpointError(f"no {MODEL_FILE} in {root}; pass the checkpoint directory or the weights file")
-    cfg_json: dict[str, Any] = {}
-    if (root / CONFIG_FILE).is_file():
-        cfg_json = json.loads((root / CONFIG_FILE).read_text())
-    is_lerobot = cfg_json.get("type") is not None
-    if is_lerobot and cfg_json.get("type") != "pi05":
-        raise CheckpointError(
-            f"{root / CONFIG_FILE} is a LeRobot {cfg_json.get('type')!r} policy; only pi05 is supported"
-        )
-    if "policy" in cfg_json and "z1_version" in cfg_json:
-        raise CheckpointError(f"{root} is already a z1 checkpoint; use load_checkpoint")
-
-    base = base or policy_preset("pi05")
-    state_dim: int | None = None
-    real_action_dim: int | None = None
-    if is_lerobot:
-        state_dim, real_action_dim, cams = _lerobot_dims(cfg_json)
-        over: dict[str, Any] = {}
-        if cams:
-            over["cameras"] = tuple(cams)
-        for ours, theirs in (
-            ("max_token_len", "tokenizer_max_length"),
-            ("min_period", "min_period"),
-            ("max_period", "max_period"),
-        ):
-            if cfg_json.get(theirs) is not None:
-                over[ours] = type(getattr(base, ours))(cfg_json[theirs])
-        if cfg_json.get("chunk_size") is not None:
-            over["action_horizon"] = int(cfg_json["chunk_size"])
-        res = cfg_json.get("image_resolution")
-        if res and res[0] != res[1]:
-            raise CheckpointError(f"non-square image_resolution {res} is not supported")
-        base = replace(base, **over)
-    elif cfg_json.get("action_horizon") is not None:
-        base = replace(base, action_horizon=int(cfg_json["action_horizon"]))
-
-    with safe_open(str(weights), framework="pt") as f:
-        file_keys = list(f.keys())
-        plan = plan_keys(file_keys)
-        if plan.unexpected:
-            msg = (
-                f"{weights}: {len(plan.unexpected)} tensor(s) with no z1 counterpart, first "
-                f"{plan.unexpected[0]!r}"
-                + (f" (all: {plan.unexpected[:8]}...)" if len(plan.unexpected) > 1 else "")
-            )
-            if strict:
-                raise CheckpointError(msg + "; pass strict=False to ignore them")
-            warnings.warn(msg, stacklevel=2)
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in plan.source.values()}
-        config = infer_policy_config(shapes, plan, base=base, action_horizon=action_horizon)
-        model = _materialize(config, f, plan.source, "cpu", dtype, what=str(weights), progress=progress)
-
-    norm, norm_info = None, {}
-    if norm_stats is not None:
-        ns = Path(norm_stats).expanduser()
-        if not ns.is_file():
-            raise CheckpointError(f"norm_stats file not found: {ns}")
-        if ns.suffix == ".safetensors":
-            norm, norm_info = _lerobot_norm([ns], cfg_json, state_dim, real_action_dim)
-        else:
-            norm, norm_info = _openpi_norm(ns, state_dim, real_action_dim)
-    else:
-        lr_files = sorted(root.glob("*normalizer_processor.safetensors"))
-        op_files = sorted(root.glob("assets/*/norm_stats.json"))
-        if lr_files:
-            norm, norm_info = _lerobot_norm(lr_files, cfg_json, state_dim, real_action_dim)
-        elif len(op_files) == 1:
-            norm, norm_info = _openpi_norm(op_files[0], state_dim, real_action_dim)
-        elif len(op_files) > 1:
-            raise CheckpointError(
-                f"{root} has several norm stats {[str(q.relative_to(root)) for q in op_files]}; "
-                "choose one with "
-                "norm_stats=..."
-            )
-    extra = {
-        "source": "lerobot" if (is_lerobot or plan.prefixed) else "openpi",
-        "source_path": str(weights),
-        "real_action_dim": real_action_dim
-        if real_action_dim is not None
-        else (len(norm.action.q01) if norm else None),
-        "real_state_dim": state_dim if state_dim is not None else (len(norm.state.q01) if norm else None),
-        "skipped_keys": plan.skipped,
-        "unexpected_keys": plan.unexpected,
-        **norm_info,
-    }
-    return LoadedCheckpoint(model=model, config=config, norm=norm, extra=extra)
-
-
-def import_cli(
-    src: str | Path,
-    dst: str | Path,
-    *,
-    action_horizon: int | None = None,
-    norm_stats: str | Path | None = None,
-    tokenizer: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
-    show_progress: bool = True,
-) -> LoadedCheckpoint:
-    """`z1 import`: import a pi0.5 checkpoint and save it as a z1 checkpoint, with a progress bar.
-
-    `tokenizer`: PaliGemma's SentencePiece `tokenizer.model`, stored in the checkpoint (real pi0.5
-    configs tokenize with it; without it the checkpoint could not act).
-    """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]importing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-        disable=not show_progress,
-    ) as bar:
-        task = bar.add_task("", total=None)
-
-        def step(done: int, total: int, key: str) -> None:
-            bar.update(task, completed=done, total=total, description=key)
-
-        ck = import_pi05(
-            src, action_horizon=action_horizon, norm_stats=norm_stats, dtype=dtype, progress=step
-        )
-        if ck.config.tokenizer == "sentencepiece":
-            if tokenizer is None:
-                raise CheckpointError(
-                    f"{src}: this pi0.5 tokenizes prompts with SentencePiece; pass --tokenizer PATH to "
-                    "PaliGemma's tokenizer.model (openpi caches it at "
-                    "~/.cache/openpi/big_vision/paligemma_tokenizer.model)"
-                )
-            from z1.models.tokenizer import make_tokenizer
-
-            make_tokenizer(ck.config, tokenizer)  # fails now, naming the file, if it does not fit the model
-        bar.update(task, description=f"saving {dst}")
-        save_checkpoint(dst, ck.model, ck.norm, {**ck.extra, "imported_from": str(src)}, tokenizer=tokenizer)
-    n = sum(t.numel() for t in ck.model.parameters())
-    console.print(
-        f"imported {ck.extra['source']} pi0.5 ({n:,} params, config {ck.config.name!r}, horizon "
-        f"{ck.config.action_horizon}, norm {'yes' if ck.norm else 'none'}) -> {dst}"
-    )
-    return ck
+        return getattr(pi05_import, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
