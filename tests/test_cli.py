@@ -70,3 +70,39 @@ def test_eval_writes_table_and_json(tmp_path, capsys):
         assert all(1 <= ln <= 8 for ln in r["lengths"])
     text = capsys.readouterr().out
     assert "| button-press-topdown-v3 |" in text and "average" in text
+
+
+def test_sft_cli_maps_a_dataset_from_elsewhere(tmp_path):
+    """The real `z1 sft` command in a subprocess: the --data.* flags reach run_sft; without them the run
+    stops with the message naming the dataset's features and the flag."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from foreign_data import MAPPING, STATE_KEY, write_foreign_dataset
+
+    root = write_foreign_dataset(tmp_path / "foreign")
+    z1 = Path(sys.executable).with_name("z1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    common = [str(z1), "sft", "--dataset", str(root), "--steps", "2", "--batch-size", "4"]
+    common += ["--warmup", "1", "--log-every", "1", "--threads", "1"]
+    bad = subprocess.run(
+        [*common, "--out", str(tmp_path / "bad"), "--data.state-key", STATE_KEY],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0
+    assert "front [64, 64, 3] (image)" in bad.stderr and f"--data.cameras {MAPPING}" in bad.stderr
+    ok = subprocess.run(
+        [*common, "--out", str(tmp_path / "ok"), "--data.cameras", MAPPING, "--data.state-key", STATE_KEY],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "ok" / "sft_ckpt" / "model.safetensors").is_file()
+    assert "'final_loss'" in ok.stdout

@@ -182,3 +182,26 @@ def test_conv_stem_policy_trains_and_round_trips(dataset, tmp_path):
     fresh = Pi05Policy(pc)
     fresh.load_state_dict(loaded.model.state_dict())
     torch.testing.assert_close(fresh.vision(x), loaded.model.vision(x), rtol=0, atol=0)
+
+
+def test_sft_on_a_dataset_from_elsewhere_after_mapping(tmp_path):
+    """Cameras `front`/`wrist_cam` and state `observation.joints`: mapped with `data`, SFT trains and the
+    checkpoint's normalization holds the exact quantiles; unmapped, it stops naming the features and flag."""
+    from foreign_data import MAPPING, STATE_KEY, lerobot_style_stats, write_foreign_dataset
+    from z1.data.lerobot import open_dataset
+    from z1.data.mapping import DataConfig
+
+    root = write_foreign_dataset(tmp_path / "foreign")
+    lerobot_style_stats(root)  # stats.json as LeRobot v3 aggregates it: the default must not use it
+    base = SFTConfig(dataset=str(root), steps=3, batch_size=4, warmup=1, log_every=1, threads=1)
+    with pytest.raises(DatasetError, match=r"front \[64, 64, 3\].*--data.state-key"):
+        run_sft(replace(base, out=str(tmp_path / "no-map")))
+    with pytest.raises(DatasetError, match="--data.cameras front:scene,wrist_cam:wrist"):
+        run_sft(replace(base, out=str(tmp_path / "half"), data=DataConfig(state_key=STATE_KEY)))
+    data = DataConfig(cameras=MAPPING, state_key=STATE_KEY)
+    summary = run_sft(replace(base, out=str(tmp_path / "run"), data=data))
+    assert np.isfinite(summary["final_loss"]) and len(_losses(tmp_path / "run")) == 3
+    norm = load_checkpoint(Path(summary["checkpoint"])).norm
+    action = open_dataset(root, data).action.astype(np.float64)
+    np.testing.assert_allclose(norm.action.q01, np.quantile(action, 0.01, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(norm.action.q99, np.quantile(action, 0.99, axis=0), rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """LeRobotDataset v3.0 writer and v3.0 / v2.1 reader: the one import point for the format.
 
-Writer: `lerobot_write.py` (layout, PNG size per 1,000 frames, atomicity). Reader: `lerobot_read.py`.
+Writer: `lerobot_write.py` (layout, statistics, PNG size per 1,000 frames, atomicity). Reader:
+`lerobot_read.py`. Mapping a dataset's names onto the policy's and choosing its statistics: `mapping.py`.
 """
 
 from z1.data.errors import DatasetError
@@ -13,9 +14,11 @@ from z1.data.lerobot_read import (
     open_dataset,
 )
 from z1.data.lerobot_write import CODEBASE_VERSION, LeRobotWriter, encode_png, make_features
+from z1.data.mapping import DataConfig
 
 __all__ = [
     "CODEBASE_VERSION",
+    "DataConfig",
     "Dataset",
     "DatasetError",
     "Episode",

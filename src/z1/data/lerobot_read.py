@@ -1,18 +1,26 @@
 """LeRobotDataset reader for v3.0 and v2.1 directories (pi05.md §6).
 
-`open_dataset(root)` reads `meta/info.json`, picks the layout from `codebase_version`, loads every numeric
-column (state, action, indices) into memory and leaves images encoded: `image` features (PNG/JPEG bytes in
-parquet, struct {bytes, path}) are decoded with Pillow on access; `video` features (mp4) are decoded with PyAV
-at `from_timestamp + timestamp` when `av` is installed (`pip install av`).
+`open_dataset(root, data)` reads `meta/info.json`, picks the layout from `codebase_version`, loads the
+numeric columns it needs (state, action, indices) into memory and leaves images encoded: `image` features
+(PNG/JPEG bytes in parquet, struct {bytes, path}) are decoded with Pillow on access; `video` features (mp4)
+are decoded with PyAV at `from_timestamp + timestamp` when `av` is installed (`pip install av`).
 
     v3.0: data/chunk-CCC/file-FFF.parquet (many episodes per file), meta/episodes/*/*.parquet,
           meta/tasks.parquet, meta/stats.json, videos/<key>/chunk-CCC/file-FFF.mp4
     v2.1: data/chunk-CCC/episode_EEEEEE.parquet, meta/episodes.jsonl, meta/tasks.jsonl,
           meta/episodes_stats.jsonl (or v2.0's meta/stats.json), videos/chunk-CCC/<key>/episode_EEEEEE.mp4
 
-Statistics: state/action mean, std, q01, q99 come from `meta/stats.json` when it has all four; otherwise
-mean/std are pooled from `meta/episodes_stats.jsonl` when present and whatever is still missing (always the
-quantiles of a v2.1 dataset) is computed exactly from the loaded data.
+Names: `data` (a `DataConfig`) maps the dataset's cameras and state/action keys onto the policy's. The
+`Dataset` then speaks the policy's names only: `features`, `cameras`, `stats`, `frame_images(cam, ...)` use
+`observation.state`, `action` and `observation.images.<slot>`; `file_features` keeps info.json's own entries.
+A feature that is not there fails with a `DatasetError` listing the dataset's cameras and vectors and the
+flag that maps them.
+
+Statistics (`data.stats`): "exact" (the default) computes state/action mean, std, q01, q99 from the loaded
+columns (`normalize.compute_full_stats`, exact quantiles; the columns are small, see normalize.py).
+"dataset" takes them from `meta/stats.json` when it has all four; otherwise mean/std are pooled from
+`meta/episodes_stats.jsonl` when present and whatever is still missing (always the quantiles of a v2.1
+dataset) is computed exactly from the loaded data.
 
 Every error is a `DatasetError` whose message names the file and the field at fault.
 """
@@ -32,11 +40,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from z1.data.errors import DatasetError
-from z1.data.normalize import compute_full_stats, pool_mean_std
+from z1.data.mapping import IMAGE_PREFIX, DataConfig
+from z1.data.normalize import FullStats, compute_full_stats, pool_mean_std
 from z1.types import FeatureStats
 
-STATE, ACTION, IMAGE_PREFIX = "observation.state", "action", "observation.images."
-_NUMERIC = (STATE, ACTION, "timestamp", "frame_index", "episode_index", "index", "task_index")
+STATE, ACTION = "observation.state", "action"
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+_VISUAL = ("image", "video")
 
 
 class ImageSequence:
@@ -218,11 +228,16 @@ def decode_video_frames(path: Path, times: np.ndarray, fps: float) -> np.ndarray
 class Dataset:
     """A LeRobotDataset held in memory (numeric columns) with lazily decoded images. See module docstring.
 
-    stats: {"observation.state": FeatureStats, "action": FeatureStats}.
+    Everything public uses the policy's names after `data` is applied: `features` (info.json's entries under
+    the policy's keys), `cameras` (slot names), `state` (N, s) / `action` (N, d) (the mapped keys,
+    concatenated), `stats`: {"observation.state": FeatureStats, "action": FeatureStats}.
+    `file_features` is info.json's `features` as written; `dataset_cameras` maps the dataset's own camera
+    names to their feature keys.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, data: DataConfig | None = None) -> None:
         self.root = Path(root)
+        self.data = data if data is not None else DataConfig()
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset directory does not exist")
         self._info_path = self.root / "meta" / "info.json"
@@ -231,18 +246,8 @@ class Dataset:
             raise DatasetError(f"{self._info_path}: expected a JSON object")
         self.version = str(_field(self.info, "codebase_version", self._info_path, str))
         self.fps = float(_field(self.info, "fps", self._info_path, (int, float)))
-        self.features: dict[str, dict[str, Any]] = _field(self.info, "features", self._info_path, dict)
-        for key in (STATE, ACTION):
-            if key not in self.features:
-                raise DatasetError(f"{self._info_path}: field 'features' has no {key!r} entry")
-        self.state_dim = self._dim(STATE)
-        self.action_dim = self._dim(ACTION)
-        self.image_keys = [
-            k
-            for k, v in self.features.items()
-            if k.startswith(IMAGE_PREFIX) and v.get("dtype") in ("image", "video")
-        ]
-        self.cameras = tuple(k[len(IMAGE_PREFIX) :] for k in self.image_keys)
+        self.file_features: dict[str, dict[str, Any]] = _field(self.info, "features", self._info_path, dict)
+        self._apply_mapping()
         self.robot_type = self.info.get("robot_type")
         if self.version.startswith("v3"):
             self._load_v3()
@@ -256,42 +261,126 @@ class Dataset:
         if self.num_episodes == 0 or self.num_frames == 0:
             raise DatasetError(f"{self.root}: dataset is empty (0 episodes or 0 frames)")
         self._check_ranges()
+        self.full_stats: dict[str, FullStats] = {}  # filled by the exact statistics
         self.stats = self._load_stats()
 
-    # -- layout-specific loading ------------------------------------------------------------------
-    def _dim(self, key: str) -> int:
-        shape = self.features[key].get("shape")
-        if not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int):
-            raise DatasetError(f"{self._info_path}: field 'features.{key}.shape' is {shape!r}, expected [d]")
+    # -- names: the dataset's features under the policy's keys -----------------------------------
+    def describe_features(self) -> str:
+        """One sentence naming the dataset's cameras and vector features with shapes (info.json names)."""
+        cams = [
+            f"{name} {self.file_features[key].get('shape')} ({self.file_features[key].get('dtype')})"
+            for name, key in self.dataset_cameras.items()
+        ]
+        vecs = [
+            f"{k} {v.get('shape')}"
+            for k, v in self.file_features.items()
+            if isinstance(v, dict) and v.get("dtype") not in (*_VISUAL, "string") and k not in INDEX_COLUMNS
+        ]
+        return (
+            f"The dataset's cameras are {', '.join(cams) if cams else 'none'}; "
+            f"its state/action candidates are {', '.join(vecs) if vecs else 'none'}."
+        )
+
+    def _vector_dim(self, key: str, role: str, flag: str) -> int:
+        spec = self.file_features.get(key)
+        if spec is None:
+            raise DatasetError(
+                f"{self._info_path}: field 'features' has no {role} feature {key!r}. "
+                f"{self.describe_features()} Choose the {role} with {flag} KEY (several keys joined by "
+                "commas are concatenated)."
+            )
+        shape = spec.get("shape")
+        if (
+            spec.get("dtype") in (*_VISUAL, "string")
+            or not isinstance(shape, list)
+            or len(shape) != 1
+            or not isinstance(shape[0], int)
+        ):
+            raise DatasetError(
+                f"{self._info_path}: field 'features.{key}' is {spec.get('dtype')} with shape {shape!r}, "
+                f"not a vector [d], so it cannot be the {role}. {self.describe_features()} "
+                f"Choose another with {flag}."
+            )
         return shape[0]
 
+    def _apply_mapping(self) -> None:
+        ff = self.file_features
+        self.dataset_cameras = {  # the dataset's camera name (prefix stripped) -> its feature key
+            (k[len(IMAGE_PREFIX) :] if k.startswith(IMAGE_PREFIX) else k): k
+            for k, v in ff.items()
+            if isinstance(v, dict) and v.get("dtype") in _VISUAL
+        }
+        self._state_cols = self.data.state_keys()
+        self._action_cols = self.data.action_keys()
+        self._col_dims = {
+            **{k: self._vector_dim(k, "state", "--data.state-key") for k in self._state_cols},
+            **{k: self._vector_dim(k, "action", "--data.action-key") for k in self._action_cols},
+        }
+        self.state_dim = sum(self._col_dims[k] for k in self._state_cols)
+        self.action_dim = sum(self._col_dims[k] for k in self._action_cols)
+        cmap = self.data.camera_map()
+        unknown = [c for c in cmap if c not in self.dataset_cameras]
+        if unknown:
+            raise DatasetError(
+                f"{self._info_path}: --data.cameras {self.data.cameras!r} maps camera(s) {unknown} that "
+                f"the dataset does not have. {self.describe_features()} Use the dataset's camera names on "
+                "the left of each `dataset:slot` pair."
+            )
+        self._cam_keys: dict[str, str] = {}  # policy camera name -> dataset feature key
+        for name, key in self.dataset_cameras.items():
+            if name in cmap:
+                self._cam_keys[cmap[name]] = key
+            elif name not in cmap.values() and key.startswith(IMAGE_PREFIX):  # else shadowed by a mapping
+                self._cam_keys[name] = key
+        self.cameras = tuple(self._cam_keys)
+        self.image_keys = [IMAGE_PREFIX + c for c in self.cameras]
+
+        def vector(cols: tuple[str, ...], dim: int) -> dict[str, Any]:
+            names = [ff[c].get("names") for c in cols]
+            flat = [n for ns in names for n in ns] if all(isinstance(n, list) for n in names) else None
+            return {"dtype": "float32", "shape": [dim], "names": flat}
+
+        used = {*self._state_cols, *self._action_cols, *self.dataset_cameras.values()}
+        self.features: dict[str, dict[str, Any]] = {
+            k: v for k, v in ff.items() if k not in used and k not in (STATE, ACTION)
+        }
+        self.features[STATE] = vector(self._state_cols, self.state_dim)
+        self.features[ACTION] = vector(self._action_cols, self.action_dim)
+        for cam, key in self._cam_keys.items():
+            self.features[IMAGE_PREFIX + cam] = ff[key]
+
+    # -- layout-specific loading ------------------------------------------------------------------
     def _load_files(self, files: list[Path]) -> None:
-        """Read numeric columns of the data files, in order, into (N, ...) arrays."""
-        states, actions, cols = [], [], {k: [] for k in _NUMERIC[2:]}
+        """Read the numeric columns of the data files, in order, into (N, ...) arrays (no image columns)."""
+        vec_cols = list(dict.fromkeys((*self._state_cols, *self._action_cols)))
+        idx_cols = ["timestamp", "frame_index", "episode_index", "task_index"]
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in (*vec_cols, *idx_cols)}
         self._files = files
         offsets = [0]
         for f in files:
-            t = _read_parquet(f, columns=[c for c in _NUMERIC if c != "index"])
-            states.append(_vector_column(t, STATE, self.state_dim, f))
-            actions.append(_vector_column(t, ACTION, self.action_dim, f))
-            for k in ("timestamp", "frame_index", "episode_index", "task_index"):
-                cols[k].append(np.asarray(t.column(k).to_numpy()).reshape(-1))
+            t = _read_parquet(f, columns=vec_cols + idx_cols)
+            for k in vec_cols:
+                parts[k].append(_vector_column(t, k, self._col_dims[k], f))
+            for k in idx_cols:
+                parts[k].append(np.asarray(t.column(k).to_numpy()).reshape(-1))
             offsets.append(offsets[-1] + t.num_rows)
         self._file_offsets = np.asarray(offsets, np.int64)  # (files + 1,)
-        self.state = np.concatenate(states) if states else np.zeros((0, self.state_dim), np.float32)  # (N, s)
-        self.action = (
-            np.concatenate(actions) if actions else np.zeros((0, self.action_dim), np.float32)
-        )  # (N, d)
-        self.timestamp = np.concatenate(cols["timestamp"]).astype(np.float64) if files else np.zeros(0)
-        self.frame_index = (
-            np.concatenate(cols["frame_index"]).astype(np.int64) if files else np.zeros(0, np.int64)
-        )
-        self.episode_index = (
-            np.concatenate(cols["episode_index"]).astype(np.int64) if files else np.zeros(0, np.int64)
-        )
-        self.task_index = (
-            np.concatenate(cols["task_index"]).astype(np.int64) if files else np.zeros(0, np.int64)
-        )
+
+        def cat(cols: tuple[str, ...], dim: int) -> np.ndarray:
+            if not files:
+                return np.zeros((0, dim), np.float32)
+            return np.concatenate([np.concatenate(parts[k]) for k in cols], axis=1)
+
+        self.state = cat(self._state_cols, self.state_dim)  # (N, s) float32
+        self.action = cat(self._action_cols, self.action_dim)  # (N, d) float32
+
+        def ints(k: str) -> np.ndarray:
+            return np.concatenate(parts[k]).astype(np.int64) if files else np.zeros(0, np.int64)
+
+        self.timestamp = np.concatenate(parts["timestamp"]).astype(np.float64) if files else np.zeros(0)
+        self.frame_index = ints("frame_index")
+        self.episode_index = ints("episode_index")
+        self.task_index = ints("task_index")
 
     def _load_v3(self) -> None:
         meta = self.root / "meta"
@@ -398,38 +487,61 @@ class Dataset:
             self.frame_episode[s:e] = i
 
     def _load_stats(self) -> dict[str, FeatureStats]:
+        out: dict[str, FeatureStats] = {}
+        for key, cols, data in (
+            (STATE, self._state_cols, self.state),
+            (ACTION, self._action_cols, self.action),
+        ):
+            if self.data.stats == "exact":
+                self.full_stats[key] = compute_full_stats(data)
+                out[key] = self.full_stats[key].feature_stats()
+            else:
+                out[key] = self._dataset_stats(key, cols, data)
+        return out
+
+    def _dataset_stats(self, key: str, cols: tuple[str, ...], data: np.ndarray) -> FeatureStats:
+        """Statistics as the dataset states them (stats.json, else pooled episode stats), concatenated over
+        `cols`; what the files do not hold is computed from `data`."""
         path = self.root / "meta" / "stats.json"
         file_stats: dict[str, Any] = _read_json(path) if path.is_file() else {}
         ep_stats_path = self.root / "meta" / "episodes_stats.jsonl"
-        out: dict[str, FeatureStats] = {}
-        for key, data, dim in ((STATE, self.state, self.state_dim), (ACTION, self.action, self.action_dim)):
-            got: dict[str, np.ndarray] = {}
-            fs = file_stats.get(key, {})
-            for k in ("mean", "std", "q01", "q99"):
-                if k in fs:
-                    v = np.asarray(fs[k], np.float32).reshape(-1)
-                    if v.shape != (dim,):
-                        raise DatasetError(f"{path}: field '{key}.{k}' has {v.size} values, expected {dim}")
-                    got[k] = v
-            if ("mean" not in got or "std" not in got) and ep_stats_path.is_file():
-                rows = _read_jsonl(ep_stats_path)
+        got: dict[str, np.ndarray] = {}
+        for k in ("mean", "std", "q01", "q99"):
+            vals = []
+            for col in cols:
+                fs = file_stats.get(col, {})
+                if k not in fs:
+                    break
+                v = np.asarray(fs[k], np.float32).reshape(-1)
+                if v.shape != (self._col_dims[col],):
+                    raise DatasetError(
+                        f"{path}: field '{col}.{k}' has {v.size} values, expected {self._col_dims[col]}"
+                    )
+                vals.append(v)
+            else:
+                got[k] = np.concatenate(vals)
+        if ("mean" not in got or "std" not in got) and ep_stats_path.is_file():
+            rows = _read_jsonl(ep_stats_path)
+            means, stds = [], []
+            for col in cols:
                 try:
-                    per = [r["stats"][key] for r in rows]
+                    per = [r["stats"][col] for r in rows]
                     m, s = pool_mean_std(
                         [p["mean"] for p in per],
                         [p["std"] for p in per],
                         [int(np.ravel(p["count"])[0]) for p in per],
                     )
                 except (KeyError, TypeError, IndexError) as e:
-                    raise DatasetError(f"{ep_stats_path}: field 'stats.{key}' is incomplete ({e})") from e
-                got.setdefault("mean", m.astype(np.float32))
-                got.setdefault("std", s.astype(np.float32))
-            if len(got) < 4:
-                full = compute_full_stats(data)
-                for k in ("mean", "std", "q01", "q99"):
-                    got.setdefault(k, np.asarray(getattr(full, k), np.float32))
-            out[key] = FeatureStats(**got)
-        return out
+                    raise DatasetError(f"{ep_stats_path}: field 'stats.{col}' is incomplete ({e})") from e
+                means.append(m)
+                stds.append(s)
+            got.setdefault("mean", np.concatenate(means).astype(np.float32))
+            got.setdefault("std", np.concatenate(stds).astype(np.float32))
+        if len(got) < 4:
+            full = compute_full_stats(data)
+            for k in ("mean", "std", "q01", "q99"):
+                got.setdefault(k, np.asarray(getattr(full, k), np.float32))
+        return FeatureStats(**got)
 
     # -- public API --------------------------------------------------------------------------------
     @property
@@ -470,14 +582,14 @@ class Dataset:
         return self.tasks[int(self.task_index[row])]
 
     def frame_images(self, cam: str, rows: np.ndarray) -> np.ndarray:
-        """Decode camera `cam` at global rows -> (k, y, x, 3) uint8."""
-        key = IMAGE_PREFIX + cam
-        if key not in self.features:
+        """Decode camera `cam` (a policy-side name, see `cameras`) at global rows -> (k, y, x, 3) uint8."""
+        key = self._cam_keys.get(cam)  # the dataset's feature key
+        if key is None:
             raise DatasetError(f"{self._info_path}: no camera {cam!r}; cameras are {list(self.cameras)}")
         rows = np.asarray(rows, np.int64).reshape(-1)
         if rows.size == 0:
-            return np.zeros((0, *self.features[key].get("shape", [0, 0, 3])), np.uint8)
-        if self.features[key]["dtype"] == "video":
+            return np.zeros((0, *self.file_features[key].get("shape", [0, 0, 3])), np.uint8)
+        if self.file_features[key]["dtype"] == "video":
             return self._video_frames(key, rows)
         out = []
         fidx = np.searchsorted(self._file_offsets, rows, side="right") - 1
@@ -501,7 +613,7 @@ class Dataset:
         return cache[(file_i, key)]
 
     def _video_frames(self, key: str, rows: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(rows), *self.features[key]["shape"]), np.uint8)
+        out = np.zeros((len(rows), *self.file_features[key]["shape"]), np.uint8)
         eps = self.frame_episode[rows]
         for i in np.unique(eps):
             sel = np.nonzero(eps == i)[0]
@@ -535,9 +647,28 @@ class Dataset:
         )
 
 
-def open_dataset(root: str | Path) -> Dataset:
-    """Open a LeRobotDataset directory (v3.0 or v2.1, detected from meta/info.json)."""
-    return Dataset(root)
+def open_dataset(root: str | Path, data: DataConfig | None = None) -> Dataset:
+    """Open a LeRobotDataset directory (v3.0 or v2.1, detected from meta/info.json) under the names and
+    statistics `data` asks for (default: the dataset's names, exact statistics)."""
+    return Dataset(root, data)
+
+
+def _camera_hint(ds: Dataset, cameras: tuple[str, ...]) -> str:
+    """A --data.cameras value that would feed every slot in `cameras`, or what stands in the way."""
+    inverse = {key: name for name, key in ds.dataset_cameras.items()}
+    pairs = {inverse[ds._cam_keys[c]]: c for c in cameras if c in ds._cam_keys}  # dataset name -> slot
+    missing = [c for c in cameras if c not in ds._cam_keys]
+    free = [n for n in ds.dataset_cameras if n not in pairs]
+    for name, slot in zip(free, missing):
+        pairs[name] = slot
+    flag = "--data.cameras " + ",".join(f"{n}:{s}" for n, s in pairs.items() if n != s)
+    if len(free) < len(missing):
+        return (
+            f"The dataset has {len(ds.dataset_cameras)} camera(s) for the policy's {len(cameras)} slot(s), "
+            f"so even {flag} leaves {missing[len(free) :]} empty; use a policy preset with fewer camera "
+            "slots."
+        )
+    return f"Map the dataset's cameras onto the slots with {flag} (dataset:slot pairs, comma-separated)."
 
 
 def check_compatible(
@@ -549,28 +680,33 @@ def check_compatible(
 ) -> None:
     """Raise DatasetError if the dataset lacks a camera or its state/action dims differ from the caller's.
 
+    cameras: the policy's camera slots, compared with the dataset's cameras after `ds.data`'s mapping.
     max_action_dim: the model's padded action dim; the dataset's action dim must not exceed it.
     """
     info = ds.root / "meta" / "info.json"
+    keys = {STATE: "+".join(ds.data.state_keys()), ACTION: "+".join(ds.data.action_keys())}
     if max_action_dim is not None and ds.action_dim > max_action_dim:
         raise DatasetError(
-            f"{info}: field 'features.{ACTION}.shape' is [{ds.action_dim}], more than the model's padded "
-            f"action dim {max_action_dim}; use a policy preset with action_dim >= {ds.action_dim}"
+            f"{info}: field 'features.{keys[ACTION]}.shape' is [{ds.action_dim}], more than the model's "
+            f"padded action dim {max_action_dim}; use a policy preset with action_dim >= {ds.action_dim} "
+            f"or choose another action with --data.action-key. {ds.describe_features()}"
         )
-    if state_dim is not None and ds.state_dim != state_dim:
-        raise DatasetError(
-            f"{info}: field 'features.{STATE}.shape' is [{ds.state_dim}]"
-            f" but the policy/env expects [{state_dim}]"
-        )
-    if action_dim is not None and ds.action_dim != action_dim:
-        raise DatasetError(
-            f"{info}: field 'features.{ACTION}.shape' is [{ds.action_dim}]"
-            f" but the policy/env expects [{action_dim}]"
-        )
+    for key, got, want, flag in (
+        (STATE, ds.state_dim, state_dim, "--data.state-key"),
+        (ACTION, ds.action_dim, action_dim, "--data.action-key"),
+    ):
+        if want is not None and got != want:
+            raise DatasetError(
+                f"{info}: field 'features.{keys[key]}.shape' is [{got}] but the policy/env expects [{want}]"
+                f" for {key}. {ds.describe_features()} Choose the feature with {flag}."
+            )
     if cameras is not None:
+        cameras = tuple(cameras)
         missing = [c for c in cameras if c not in ds.cameras]
         if missing:
+            mapped = f" after --data.cameras {ds.data.cameras}" if ds.data.cameras else ""
             raise DatasetError(
-                f"{info}: field 'features' has no camera(s) {missing} ({IMAGE_PREFIX}<cam>); the dataset has "
-                f"{list(ds.cameras)}. Pick cameras from that list or map names when collecting."
+                f"{info}: field 'features' has no camera(s) {missing} ({IMAGE_PREFIX}<cam>) for the "
+                f"policy's camera slots {list(cameras)}; the dataset provides {list(ds.cameras)}{mapped}. "
+                f"{ds.describe_features()} {_camera_hint(ds, cameras)}"
             )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from z1.config import ConfigError, PolicyConfig, policy_preset
 from z1.data.chunks import ChunkDataset
 from z1.data.lerobot import check_compatible, open_dataset
+from z1.data.mapping import DataConfig
 from z1.data.normalize import normalization_from_dataset
 from z1.distributed.ddp import DistContext, allreduce_grads
 from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
@@ -43,6 +44,9 @@ class SFTConfig:
 
     dataset: str
     """LeRobotDataset directory (v3.0 or v2.1), e.g. the output of `z1 collect`."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """How the dataset's cameras and state/action keys map onto the policy's, and which statistics
+    normalize them."""
     out: str = "runs/sft"
     """Run directory: checkpoint in `out/sft_ckpt`, metrics in `out/sft_metrics.jsonl`."""
     preset: str = "tiny"
@@ -182,7 +186,7 @@ def run_sft(cfg: SFTConfig, console=None, policy: PolicyConfig | None = None) ->
     out = Path(cfg.out)
     ckpt_dir = out / "sft_ckpt"
     resume = cfg.resume and (ckpt_dir / "model.safetensors").exists()
-    ds = open_dataset(Path(cfg.dataset))
+    ds = open_dataset(Path(cfg.dataset), cfg.data)
     tokenizer: Path | None = None  # a SentencePiece file stored with the checkpoint we start from
     if resume:
         loaded = load_checkpoint(ckpt_dir)
