@@ -94,24 +94,33 @@ def _grpo(model, groups, sel, cfg, batch, scored, trainable, grpo: GRPOConfig | 
     )
 
 
-def _grpo_rank(rank: int, port: int, state: dict, sel, cfg, batch, scored, out: str) -> None:
+def _grpo_rank(rank: int, port: int, state: dict, sel, cfg, batch, scored, grpo, out: str) -> None:
     ctx = _join(rank, port)
     model = tiny_runner().model
     model.load_state_dict(state)
     mine = np.zeros_like(scored.trainable)
     mine[ctx.shard(np.flatnonzero(scored.trainable))] = True  # this rank's share of the trainable chunks
-    st = _grpo(model, apply_selective(model, sel), sel, cfg, batch, scored, mine)
+    st = _grpo(model, apply_selective(model, sel), sel, cfg, batch, scored, mine, grpo)
     torch.save({"state": model.state_dict(), "stats": st, "terms": int(mine.sum())}, f"{out}.{rank}")
     ctx.close()
 
 
-def test_grpo_update_on_two_ranks_equals_one_process(tmp_path):
+@pytest.mark.parametrize(
+    "grpo",
+    [
+        None,
+        # 2 minibatches x up to 3 epochs; the first epoch's batch-mean k3 > 0 skips the other two
+        GRPOConfig(minibatches=2, epochs=3, kl_target=0.0),
+    ],
+    ids=["one-minibatch", "kl-stop"],
+)
+def test_grpo_update_on_two_ranks_equals_one_process(tmp_path, grpo):
     model, _, groups, cfg, batch, scored, sel = rollouts_for_update("expert")
     assert scored.trainable.sum() >= 2
     start = copy.deepcopy(model.state_dict())
     with _one_thread():
-        single = _grpo(model, groups, sel, cfg, batch, scored, scored.trainable)
-    _spawn(_grpo_rank, start, sel, cfg, batch, scored, str(tmp_path / "grpo"))
+        single = _grpo(model, groups, sel, cfg, batch, scored, scored.trainable, grpo)
+    _spawn(_grpo_rank, start, sel, cfg, batch, scored, grpo, str(tmp_path / "grpo"))
     ranks = [torch.load(tmp_path / f"grpo.{r}", weights_only=True) for r in range(WORLD)]
     assert sum(r["terms"] for r in ranks) == scored.trainable.sum() and all(r["terms"] > 0 for r in ranks)
     want = model.state_dict()
@@ -119,9 +128,14 @@ def test_grpo_update_on_two_ranks_equals_one_process(tmp_path):
     assert moved > 1e-4  # the update did something
     for r in ranks:
         _assert_same_params(r["state"], want)
-        # the loss and the early-stop statistic are global numbers on every rank
-        for key in ("loss/policy", "approx_kl/k3"):
-            assert r["stats"][key] == pytest.approx(single[key], rel=1e-4, abs=1e-7)
+        # the loss, the early-stop statistic and the ratio extremes are global numbers on every rank
+        for key in ("loss/policy", "approx_kl/k3", "update/batch_k3", "ratio/min", "ratio/max", "ratio/std"):
+            assert r["stats"][key] == pytest.approx(single[key], rel=1e-4, abs=1e-7), key
+        for key in ("update/steps", "update/epochs_run", "update/early_stop"):
+            assert r["stats"][key] == single[key], key
+    if grpo is not None:
+        assert single["update/epochs_run"] == 1 and single["update/early_stop"] == 1.0
+        assert single["update/steps"] == 2 and single["ratio/max"] > single["ratio/min"]
 
 
 # ---------------------------------------------------------------- SFT

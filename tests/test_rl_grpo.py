@@ -10,6 +10,7 @@ import torch
 from z1.rl.grpo import (
     GRPOConfig,
     GRPOError,
+    combine_stats,
     gaussian_kl,
     grpo_loss,
     kl_early_stop,
@@ -230,3 +231,48 @@ def test_ratio_std_is_the_weighted_std_and_merges_over_shards() -> None:
     merged = {k: sum(p[k] * p["terms/weight"] for p in parts) / tot for k in ("ratio/mean", "ratio/sq_dev")}
     assert ratio_std(merged) == pytest.approx(direct, rel=1e-4)
     assert sum(p["ratio/std"] * p["terms/weight"] for p in parts) / tot != pytest.approx(direct, rel=1e-3)
+
+
+def test_combine_stats_of_shards_equals_the_whole_batch() -> None:
+    """Minibatch statistics merged by `combine_stats` are the statistics of the union of the minibatches:
+    true min / max, term-weighted means, the std from merged moments, summed term counts; an empty part
+    (a rank without rows) changes nothing. A plain mean of the parts' values is not."""
+    feats, theta, adv, w, valid = problem(n=20, seed=5)
+    old = (feats @ theta).detach()  # (n, j)
+    new = old + 0.2 * torch.randn(old.shape, generator=torch.Generator().manual_seed(6), dtype=old.dtype)
+    cfg = GRPOConfig(dual_clip=1.5)
+    _, whole = grpo_loss(new, old, adv, w, valid, cfg, total_term_weight(w, valid))
+    shards = (slice(0, 3), slice(3, 11), slice(11, 20), slice(20, 20))
+    parts = [
+        grpo_loss(new[s], old[s], adv[s], w[s], valid[s], cfg, max(total_term_weight(w[s], valid[s]), 1.0))[1]
+        for s in shards
+    ]
+    assert parts[-1]["terms/count"] == 0 and parts[-1]["ratio/min"] == math.inf
+    merged = combine_stats(parts)
+    exact = [k for k in whole if k != "adv/clip_frac"]  # a row fraction, not a term-weighted mean
+    for k in exact:
+        assert merged[k] == pytest.approx(whole[k], rel=1e-5, abs=1e-9), k
+    live = parts[:-1]
+    assert merged["ratio/min"] < sum(p["ratio/min"] for p in live) / 3 - 1e-4
+    assert merged["ratio/max"] > sum(p["ratio/max"] for p in live) / 3 + 1e-4
+    # and the result merges again (epochs of minibatches, or ranks of epochs) to the same numbers
+    again = combine_stats([combine_stats(parts[:2]), combine_stats(parts[2:])])
+    for k in exact:
+        assert again[k] == pytest.approx(whole[k], rel=1e-5, abs=1e-9), k
+    assert combine_stats([]) == {}
+
+
+def test_kl_early_stop_is_decided_on_the_batch_mean() -> None:
+    """One minibatch above the target does not stop the epochs; the term-weighted mean over the epoch's
+    minibatches does. Constructed: k3 = (0.0, 0.07) with weights (3, 1) -> mean 0.0175 < 0.02; with
+    weights (1, 3) -> 0.0525 > 0.02."""
+    cfg = GRPOConfig(kl_target=0.02)
+
+    def part(k3: float, weight: float) -> dict[str, float]:
+        return {"approx_kl/k3": k3, "terms/weight": weight}
+
+    low = combine_stats([part(0.0, 3.0), part(0.07, 1.0)])["approx_kl/k3"]
+    high = combine_stats([part(0.0, 1.0), part(0.07, 3.0)])["approx_kl/k3"]
+    assert low == pytest.approx(0.0175) and high == pytest.approx(0.0525)
+    assert kl_early_stop(0.07, cfg)  # what a per-minibatch rule would have acted on
+    assert not kl_early_stop(low, cfg) and kl_early_stop(high, cfg)

@@ -160,3 +160,90 @@ def test_ode_probe_measures_the_eval_policy_move():
     assert (ode_probe(model, batch, sampler, rows=5, seed=7) - before).abs().max() > 1e-3
     no_cache = type(batch)(**{**batch.__dict__, "caches": None})
     assert ode_probe(model, no_cache, sampler) is None
+
+
+def _run_update(monkeypatch, grpo: GRPOConfig, k3_script=None):
+    """One `grpo_update` on the fake rollouts, recording every `grpo_loss` call: its inputs (for brute-force
+    references) and its statistics. With `k3_script`, call i reports approx_kl/k3 = k3_script[i] (the
+    losses and gradients are the real ones), so the early-stop rule sees a constructed KL sequence."""
+    import z1.rl.grpo
+    import z1.train.rl as rl_mod
+
+    model, runner, groups, cfg, batch, scored, sel = _setup("expert")
+    real = z1.rl.grpo.grpo_loss
+    calls: list[dict] = []
+
+    def recording(new_lp, old_lp, adv, w, valid, gcfg, total, ref_kl=None):
+        loss, st = real(new_lp, old_lp, adv, w, valid, gcfg, total, ref_kl=ref_kl)
+        if k3_script is not None:
+            st = {**st, "approx_kl/k3": k3_script[len(calls)]}
+        calls.append({"new": new_lp.detach().clone(), "old": old_lp.clone(), "w": w.clone(), "st": st})
+        return loss, st
+
+    monkeypatch.setattr(rl_mod, "grpo_loss", recording)
+    out = grpo_update(
+        model,
+        torch.optim.AdamW(groups.optimizer_groups()),
+        groups,
+        batch,
+        scored.advantages,
+        scored.weights,
+        scored.trainable,
+        runner.sampler("sde", cfg.num_steps, cfg.noise_level),
+        grpo,
+        1.0,
+        frozen_prefix(model, sel),
+        torch.Generator().manual_seed(1),
+    )
+    return out, calls
+
+
+def _wmean(calls: list[dict], key: str) -> float:
+    w = [c["st"]["terms/weight"] for c in calls]
+    return sum(c["st"][key] * wi for c, wi in zip(calls, w)) / sum(w)
+
+
+def test_kl_early_stop_uses_the_batch_mean_k3(monkeypatch):
+    """Constructed KL sequence, target 0.02, 4 minibatches per epoch. Epoch 0 has one minibatch at 0.05
+    and epoch 1 ends at 0.04, so a per-minibatch rule would stop after 2 steps; their batch means (~0.0125,
+    ~0.0175) stay below the target, so both epochs run in full. Epoch 2's mean (~0.03) exceeds it: the
+    fourth epoch is skipped."""
+    script = [0.0, 0.05, 0.0, 0.0] + [0.01, 0.01, 0.01, 0.04] + [0.02, 0.04, 0.03, 0.025] + [0.0] * 4
+    grpo = GRPOConfig(minibatches=4, epochs=4, kl_target=0.02)
+    out, calls = _run_update(monkeypatch, grpo, script)
+    assert len(calls) == 12 and out["update/steps"] == 12
+    assert out["update/epochs_run"] == 3 and out["update/early_stop"] == 1.0
+    epoch_means = [_wmean(calls[4 * e : 4 * e + 4], "approx_kl/k3") for e in range(3)]
+    assert epoch_means[0] < 0.02 and epoch_means[1] < 0.02 < epoch_means[2]
+    assert max(script[:8]) > 0.02  # the per-minibatch rule would have stopped in epoch 0
+    assert out["update/batch_k3"] == pytest.approx(epoch_means[2], rel=1e-12)
+    assert out["approx_kl/k3"] == pytest.approx(_wmean(calls, "approx_kl/k3"), rel=1e-12)
+    # With 3 epochs the same sequence runs every epoch: the last epoch has no remaining epochs to skip.
+    out, calls = _run_update(monkeypatch, GRPOConfig(minibatches=4, epochs=3, kl_target=0.02), script)
+    assert out["update/epochs_run"] == 3 and out["update/early_stop"] == 0.0 and len(calls) == 12
+
+
+def test_update_logs_true_ratio_extremes_and_batch_moments(monkeypatch):
+    """ratio/min and ratio/max are the min and max over every term of every minibatch and epoch (not the
+    mean of the minibatches' extremes); ratio/mean and ratio/std are the term-weighted moments of all of
+    them. Brute force: the ratios of the recorded log-probs, in one plain pass."""
+    out, calls = _run_update(monkeypatch, GRPOConfig(minibatches=2, epochs=3, kl_target=None))
+    assert len(calls) == 6
+    ratios, weights = [], []
+    for c in calls:
+        r = (c["new"].float() - c["old"].float()).clamp(-20, 20).exp()  # (m, j), every term valid
+        ratios.append(r.reshape(-1).double())
+        weights.append(c["w"].double()[:, None].expand_as(r).reshape(-1))
+    r_all, w_all = torch.cat(ratios), torch.cat(weights)
+    assert float(r_all.max() - r_all.min()) > 1e-3  # the update moved the policy
+    assert out["ratio/min"] == pytest.approx(float(r_all.min()), abs=1e-6)
+    assert out["ratio/max"] == pytest.approx(float(r_all.max()), abs=1e-6)
+    mean_of_mins = np.mean([c["st"]["ratio/min"] for c in calls])
+    mean_of_maxs = np.mean([c["st"]["ratio/max"] for c in calls])
+    assert out["ratio/min"] < mean_of_mins - 1e-6 and out["ratio/max"] > mean_of_maxs + 1e-6
+    mean = float((w_all * r_all).sum() / w_all.sum())
+    std = float(((w_all * (r_all - mean) ** 2).sum() / w_all.sum()).sqrt())
+    assert out["ratio/mean"] == pytest.approx(mean, abs=1e-6)
+    assert out["ratio/std"] == pytest.approx(std, rel=1e-3, abs=1e-7)
+    log_r = torch.cat([(c["new"] - c["old"]).abs().reshape(-1) for c in calls])
+    assert out["log_ratio/abs_max"] == pytest.approx(float(log_r.max()), abs=1e-6)

@@ -6,10 +6,12 @@ log-probs (A.4, summed over the scored entries J) and passes per-row advantages 
 
     W = total_term_weight(weights, valid)                  # over the WHOLE rollout batch, once
     for epoch in range(cfg.epochs):
+        parts = []
         for idx in minibatch_indices(n, cfg.minibatches, gen):
             loss, st = grpo_loss(new_lp[idx], old_lp[idx], adv[idx], w[idx], valid[idx], cfg, W)
             (loss * cfg.minibatches).backward(); opt.step()   # or accumulate micro-batches and step once
-        if kl_early_stop(epoch_k3, cfg): break
+            parts.append(st)
+        if kl_early_stop(combine_stats(parts)["approx_kl/k3"], cfg): break   # the batch-mean k3
 
 Sharing the global denominator W makes micro-batch gradient accumulation exact: summing `grpo_loss`
 over any partition of the batch gives exactly the full-batch loss (B.3, "token-mean" over the global
@@ -20,6 +22,7 @@ minibatch's own weight) so the step size does not shrink with the minibatch coun
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +42,8 @@ class GRPOConfig:
     kl_beta: weight of the exact per-step Gaussian KL to the reference (B.4); 0 = no reference forward.
     adv_clip: advantages are clipped to [-adv_clip, adv_clip] (B.2); None disables.
     epochs, minibatches: update passes over one rollout batch and optimizer steps per pass (B.5).
-    kl_target: stop the update epochs early when the batch-mean k3 approx-KL exceeds it; None disables.
+    kl_target: skip the remaining update epochs when an epoch's batch-mean k3 approx-KL exceeds it
+        (`kl_early_stop`); None disables. An epoch always runs to its end, so with epochs = 1 it only logs.
     log_ratio_clamp: log r is clamped to [-c, c] before exp (A.7.4).
     """
 
@@ -195,8 +199,44 @@ def _stats(
 
 
 def kl_early_stop(approx_kl_k3: float, cfg: GRPOConfig) -> bool:
-    """True when the batch-mean k3 approx-KL exceeds cfg.kl_target: stop the remaining epochs (B.5)."""
+    """Whether to skip the remaining epochs (B.5), decided after each epoch on its batch-mean k3.
+
+    `approx_kl_k3` is the batch-mean k3 approx-KL of the epoch that just ended: the term-weighted mean of
+    k3 = r - 1 - log r over all terms of the batch, each measured by its minibatch just before that
+    minibatch's step (the epoch's minibatches partition the batch), i.e. `combine_stats` of the epoch's
+    minibatch statistics. True when it exceeds cfg.kl_target. A single minibatch above the target does
+    not stop anything by itself; the epoch always runs to its end.
+    """
     return cfg.kl_target is not None and approx_kl_k3 > cfg.kl_target
+
+
+def combine_stats(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The `grpo_loss` statistics of several minibatches (of one or more epochs) as one set.
+
+    Keys ending in "min" / "max" take the true min / max over the parts (empty parts hold +inf / -inf);
+    "terms/..." are summed; every other key is a weighted mean over the batch's terms, so the parts'
+    values are averaged with their "terms/weight" (parts of weight 0 drop out), and "ratio/std" is
+    recomputed from the merged moments. The same rules merge data-parallel ranks' statistics.
+    """
+    if not parts:
+        return {}
+    weights = [float(p.get("terms/weight", 0.0)) for p in parts]
+    total = sum(weights)
+    out: dict[str, float] = {}
+    for k in dict.fromkeys(k for p in parts for k in p):
+        vals = [(float(p[k]), w) for p, w in zip(parts, weights) if k in p]
+        if k.endswith("min"):
+            out[k] = min(v for v, _ in vals)
+        elif k.endswith("max"):
+            out[k] = max(v for v, _ in vals)
+        elif k.startswith("terms/"):
+            out[k] = sum(v for v, _ in vals)
+        else:
+            den = sum(w for _, w in vals)
+            out[k] = sum(v * w for v, w in vals) / den if den > 0 else 0.0
+    if "ratio/std" in out:
+        out["ratio/std"] = ratio_std(out) if total > 0 else 0.0
+    return out
 
 
 def ratio_by_step(

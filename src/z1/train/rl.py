@@ -30,6 +30,7 @@ from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_sta
 from z1.models.sampling import exec_mask, recompute_logprob, sample_chunk, time_grid
 from z1.rl.grpo import (
     GRPOConfig,
+    combine_stats,
     gaussian_kl,
     grpo_loss,
     kl_early_stop,
@@ -184,6 +185,12 @@ def grpo_update(
     it owns, and `allreduce_grads` turns the gradients into the global term-weighted mean. A rank that
     owns no row of a minibatch (or none at all) contributes a zero gradient with weight 0, so every rank
     takes the same optimizer steps, and the KL early stop is decided together.
+
+    KL early stop (`kl_early_stop`): after each epoch but the last, the epoch's batch-mean k3 (the
+    term-weighted mean of the minibatches' k3, each measured before its own step; global numbers under
+    DDP) above `cfg.kl_target` skips the remaining epochs. Logged statistics merge every minibatch of
+    every epoch run (`combine_stats`): true min / max, term-weighted means, the std from merged moments;
+    grad norms are means over the optimizer steps.
     """
     if cfg.kl_beta > 0 and ref_model is None:
         raise ValueError("GRPOConfig.kl_beta > 0 needs the reference policy (ref_model)")
@@ -199,10 +206,12 @@ def grpo_update(
     wts = torch.as_tensor(weights, dtype=torch.float32)
     valid_all = torch.ones_like(batch.logprobs, dtype=torch.bool)
     params = [p for ps in groups.params.values() for p in ps]
-    agg: dict[str, list[float]] = {}
+    mb_stats: list[dict[str, float]] = []  # every minibatch's (reduced) loss statistics, in order
+    grad_norms: dict[str, list[float]] = {}
     epochs_run = 0
     stop = False
     for epoch in range(cfg.epochs):
+        epoch_stats: list[dict[str, float]] = []
         for mb, perm in enumerate(minibatch_indices(n_global, cfg.minibatches, generator)):
             mine = perm[(perm >= offset) & (perm < offset + n_local)] - offset  # (m,) in permuted order
             idx = idx_all[mine]
@@ -226,15 +235,18 @@ def grpo_update(
                 dev = (new_lp.detach() - batch.logprobs[idx]).abs()  # (m, j)
                 local_mean = float(dev.mean()) if dev.numel() else 0.0
                 out["first_mb/log_ratio_abs_mean"] = ctx.allreduce_mean({"v": local_mean}, dev.numel())["v"]
-            for k, v in {**st, **gn}.items():
-                agg.setdefault(k, []).append(float(v))
-            if ctx.any_true(kl_early_stop(st.get("approx_kl/k3", 0.0), cfg)):
-                stop = True
-                break
+            epoch_stats.append(st)
+            for k, v in gn.items():
+                grad_norms.setdefault(k, []).append(float(v))
         epochs_run += 1
-        if stop:
+        mb_stats.extend(epoch_stats)
+        batch_k3 = combine_stats(epoch_stats).get("approx_kl/k3", 0.0)  # this epoch's batch-mean k3
+        out["update/batch_k3"] = batch_k3
+        if epoch + 1 < cfg.epochs and ctx.any_true(kl_early_stop(batch_k3, cfg)):
+            stop = True
             break
-    out.update({k: float(np.mean(v)) for k, v in agg.items()})
+    out.update(combine_stats(mb_stats))
+    out.update({k: float(np.mean(v)) for k, v in grad_norms.items()})
     out["update/epochs_run"] = float(epochs_run)
     out["update/early_stop"] = float(stop)
     return out
