@@ -143,8 +143,10 @@ class Conventions:
     norm_eps: 1e-6 (openpi) or the LeRobot normalizer's `eps` (1e-8 unless its JSON says otherwise).
     relative_action_dims: action dims the model predicts as offsets from the state dim of the same index
         (LeRobot `use_relative_actions`): training targets are action - state (the state of the chunk's
-        first frame, before normalization), and env actions get the current state added back after
-        un-normalization. Empty = absolute actions.
+        first frame, before normalization), and env actions get the state of the observation the chunk
+        was computed from added back after un-normalization, for the whole chunk (as LeRobot's
+        predict_action_chunk; its step-by-step select_action loop adds each step's newest state instead,
+        which differs when more than one action of a chunk is executed). Empty = absolute actions.
     num_inference_steps: the source's default number of denoise steps (None: it does not say).
     camera_rename: (from, to) pairs renaming env cameras before they meet the model's camera slots
         (LeRobot's `rename_observations_processor` map, `observation.images.` prefix dropped).

@@ -784,6 +784,11 @@ def import_summary(ck: LoadedCheckpoint) -> list[str]:
             f"rope         the source computes {conv.source_rope} angles, z1 runs {cfg.rope} (the two differ "
             "by fp32 rounding of the angles, ~5e-5 of the K cache at 1000 positions)"
         )
+    src_cfg = ex.get("source_config") or {}
+    src_dtype = src_cfg.get("dtype", src_cfg.get("precision"))
+    if src_dtype is not None:
+        ours = str(next(ck.model.parameters()).dtype).removeprefix("torch.")
+        lines.append(f"dtype        the source ran {src_dtype}; the z1 weights are {ours}")
     if ex.get("unknown_config_fields"):
         lines.append(f"ignored      config fields z1 does not know: {ex['unknown_config_fields']}")
     for k, why in sorted((ex.get("accepted") or {}).items()):
