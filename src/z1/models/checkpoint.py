@@ -293,13 +293,6 @@ def _materialize(
     source: {z1 name: key in the safetensors file `f`}. Every parameter/buffer must be present with the
     right shape (checked before any memory is allocated).
     """
-    if config.rope != "openpi":
-        # Pi05Policy builds its RoPE tables with gemma.rope_tables' default form; until it passes
-        # config.rope through, a config asking for another form would silently run the openpi one.
-        raise CheckpointError(
-            f"{what}: policy field 'rope' is {config.rope!r}, but Pi05Policy only runs the 'openpi' RoPE "
-            "form; set it to 'openpi' (the two forms differ by fp32 rounding of the angles)"
-        )
     with torch.device("meta"):
         model = Pi05Policy(config)
     expected = model.state_dict()

@@ -177,7 +177,7 @@ class Pi05Policy(nn.Module):
         return apply_rope(q, *tables) * self._q_scale
 
     def _tables(self, pos: Tensor) -> tuple[Tensor, Tensor]:
-        return rope_tables(pos, self.config.vlm.head_dim)
+        return rope_tables(pos, self.config.vlm.head_dim, self.config.rope)
 
     # ------------------------------------------------------------------------------------ prefix
     def build_prefix_cache(self, inputs: PolicyInputs) -> PrefixCache:
