@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 
-class ConfigError(ValueError):
+class ConfigError(__import__("z1.errors").errors.Z1Error, ValueError):  # base: z1.errors.Z1Error
     """A bad preset name or an invalid combination of options."""
 
 

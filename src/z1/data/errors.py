@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from z1.errors import Z1Error
 
-class DatasetError(ValueError):
+
+class DatasetError(Z1Error, ValueError):
     """A dataset that is missing, corrupt, empty, or does not match what the caller expects."""

@@ -20,6 +20,7 @@ norm_stats.json with the statistics they belong to.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,11 +36,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import z1
 from z1.config import PolicyConfig
+from z1.errors import Z1Error
 from z1.models import pi05_keys as K
 from z1.models.pi05 import Pi05Policy
 from z1.types import Conventions, Normalization
@@ -55,7 +57,7 @@ TRAIN_JSON = "train_state.json"
 ProgressFn = Callable[[int, int, str], None]  # (done, total, key)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Z1Error, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
@@ -106,19 +108,55 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return _from_json(tp, value, where)
     origin = typing.get_origin(tp)
     if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise CheckpointError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, where) for v in value)
     if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        for a in args:
+            try:
+                return _coerce(a, value, where)
+            except CheckpointError:
+                continue
+        raise CheckpointError(f"{where}: {value!r} is not a {tp}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise CheckpointError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
         return value
-    if tp is float and isinstance(value, int):
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise CheckpointError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CheckpointError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CheckpointError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise CheckpointError(f"{where}: expected a string, got {value!r}")
+        return value
     return value
 
 
-def policy_config_from_json(data: Mapping[str, Any]) -> PolicyConfig:
-    """Inverse of `policy_config_to_json` (tuples restored, missing fields take their defaults)."""
-    return _from_json(PolicyConfig, data, "policy")
+def policy_config_from_json(data: Mapping[str, Any], where: str = "policy") -> PolicyConfig:
+    """Inverse of `policy_config_to_json` (tuples restored, missing fields take their defaults; a field of
+    the wrong type is a CheckpointError naming it)."""
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{where}: expected an object, got {type(data).__name__}")
+    try:
+        return _from_json(PolicyConfig, data, where)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as e:  # PolicyConfig's own checks
+        raise CheckpointError(f"{where}: {e}") from e
 
 
 # --------------------------------------------------------------------------------- atomic writes
@@ -149,13 +187,62 @@ def _write_json(path: Path, data: Any) -> None:
         fh.write("\n")
 
 
+def _tag_pid(name: str) -> int | None:
+    """The writer's pid in a `.NAME.tmp-PID-HEX` / `.NAME.old-PID-HEX` sibling (None: an older format)."""
+    tag = name.rsplit(".", 1)[-1].partition("-")[2]
+    pid, sep, _ = tag.partition("-")
+    return int(pid) if sep and pid.isdigit() else None
+
+
+def _writer_alive(pid: int | None) -> bool:
+    if pid is None or pid == os.getpid():
+        return pid == os.getpid()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def recover_directory(path: str | Path) -> list[str]:
+    """Repair what a killed `atomic_directory` left next to `path`; returns what was done (for logs).
+
+    A crash between its two renames leaves only `.NAME.old-*` (the previous, complete directory): it is
+    renamed back to `path`. Temporary `.NAME.tmp-*` copies and `.NAME.old-*` copies next to an intact
+    `path` are deleted. Siblings of a writer that is still running are left alone."""
+    dst = Path(path).expanduser().absolute()
+    if not dst.parent.is_dir():
+        return []
+    done: list[str] = []
+    olds = [
+        p for p in dst.parent.glob(f".{dst.name}.old-*") if p.is_dir() and not _writer_alive(_tag_pid(p.name))
+    ]
+    if not dst.exists() and olds:
+        newest = max(olds, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, dst)
+        _fsync_dir(dst.parent)
+        olds.remove(newest)
+        done.append(f"restored {dst} from {newest.name} (a save was interrupted)")
+    stale = olds + [
+        p for p in dst.parent.glob(f".{dst.name}.tmp-*") if p.is_dir() and not _writer_alive(_tag_pid(p.name))
+    ]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+        done.append(f"removed {p.name} (left by an interrupted save)")
+    return done
+
+
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success fsync it and move it to `path` (replacing any old
-    directory there); on failure delete it and leave `path` untouched."""
+    directory there); on failure delete it and leave `path` untouched. What an earlier killed write left
+    behind is repaired first (`recover_directory`)."""
     dst = Path(path).expanduser().absolute()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
+    recover_directory(dst)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = dst.parent / f".{dst.name}.tmp-{tag}"
     tmp.mkdir()
     try:
@@ -180,6 +267,38 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 8 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _policy_sha256(preset: Any, policy: Any) -> str:
+    text = json.dumps({"preset": preset, "policy": policy}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_json_file(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({e}); the file is damaged") from e
+
+
+def _verify(path: Path, expected: str | None, what: str) -> None:
+    if expected is None:
+        return
+    got = file_sha256(path)
+    if got != expected:
+        raise CheckpointError(
+            f"{path}: content differs from the hash recorded when the checkpoint was saved ({what}); "
+            "the file is damaged or was changed. Restore it from a copy, or re-create the checkpoint"
+        )
 
 
 def _missing_dir_error(path: Path, what: str) -> CheckpointError:
@@ -224,12 +343,15 @@ def save_checkpoint(
         if tokenizer is not None:
             shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "z1_version": z1.__version__})
-        _write_json(
-            tmp / CONFIG_FILE,
-            {"z1_version": z1.__version__, "preset": config.name, "policy": policy_config_to_json(config)},
-        )
+        policy = policy_config_to_json(config)
+        hashes = {MODEL_FILE: file_sha256(tmp / MODEL_FILE), "policy": _policy_sha256(config.name, policy)}
         if norm is not None:
             _write_json(tmp / NORM_FILE, norm.to_json())
+            hashes[NORM_FILE] = file_sha256(tmp / NORM_FILE)
+        _write_json(
+            tmp / CONFIG_FILE,
+            {"z1_version": z1.__version__, "preset": config.name, "policy": policy, "sha256": hashes},
+        )
         if extra is not None:
             _write_json(tmp / EXTRA_FILE, dict(extra))
         if train_state is not None:
@@ -239,40 +361,85 @@ def save_checkpoint(
     return Path(path)
 
 
+def _read_config_doc(p: Path, check_policy: bool = True) -> dict[str, Any]:
+    if not (p / CONFIG_FILE).is_file():
+        if not p.exists():
+            recover_directory(p)  # a save killed between its two renames leaves only .NAME.old-*
+        if not p.exists():
+            raise _missing_dir_error(p.absolute(), "z1 checkpoint")
+        if not p.is_dir():
+            raise CheckpointError(f"{p} is a file, not a z1 checkpoint directory")
+        raise CheckpointError(
+            f"{p} has no {CONFIG_FILE}; is it a z1 checkpoint? (use `z1 import` for pi0.5 files)"
+        )
+    data = _read_json_file(p / CONFIG_FILE, "the checkpoint config")
+    if not isinstance(data, dict) or "policy" not in data:
+        raise CheckpointError(
+            f"{p / CONFIG_FILE} has no 'policy' entry; it is not a z1 config "
+            "(openpi/LeRobot: use `z1 import`)"
+        )
+    if check_policy:
+        _check_policy_hash(p, data)
+    return data
+
+
+def _check_policy_hash(p: Path, data: dict[str, Any]) -> None:
+    expected = (data.get("sha256") or {}).get("policy") if isinstance(data.get("sha256"), dict) else None
+    if expected is not None and _policy_sha256(data.get("preset"), data["policy"]) != expected:
+        raise CheckpointError(
+            f"{p / CONFIG_FILE}: field 'policy' differs from the one saved with the weights (its hash does "
+            "not match): the file was edited. The weights were trained with the saved geometry; restore "
+            "config.json, or re-create the checkpoint"
+        )
+
+
 def read_config(path: str | Path) -> PolicyConfig:
     """The PolicyConfig of a z1 checkpoint directory."""
     p = Path(path).expanduser()
-    if not (p / CONFIG_FILE).is_file():
-        if not p.exists():
-            raise _missing_dir_error(p.absolute(), "z1 checkpoint")
-        raise CheckpointError(
-            f"{p} has no {CONFIG_FILE}; is it a z1 checkpoint? (use import_pi05 for pi0.5 files)"
-        )
-    data = json.loads((p / CONFIG_FILE).read_text())
-    if "policy" not in data:
-        raise CheckpointError(
-            f"{p / CONFIG_FILE} has no 'policy' entry; it is not a z1 config "
-            "(openpi/LeRobot: use import_pi05)"
-        )
-    return policy_config_from_json(data["policy"])
+    data = _read_config_doc(p)
+    return policy_config_from_json(data["policy"], f"{p / CONFIG_FILE}: field 'policy'")
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    verify: bool = True,
 ) -> LoadedCheckpoint:
-    """Load a z1 checkpoint. `dtype=None` keeps the stored dtypes of the float tensors."""
+    """Load a z1 checkpoint. `dtype=None` keeps the stored dtypes of the float tensors.
+
+    `verify`: compare the files with the SHA-256 hashes recorded at save time (checkpoints written before
+    z1 recorded them load without the check)."""
     p = Path(path).expanduser()
-    config = read_config(p)
-    norm = (
-        Normalization.from_json(json.loads((p / NORM_FILE).read_text()))
-        if (p / NORM_FILE).is_file()
-        else None
-    )
-    extra = json.loads((p / EXTRA_FILE).read_text()) if (p / EXTRA_FILE).is_file() else {}
-    with safe_open(str(p / MODEL_FILE), framework="pt") as f:
-        keys = list(f.keys())
-        source = {k: k for k in keys}
-        model = _materialize(config, f, source, map_location, dtype, what=str(p / MODEL_FILE))
+    doc = _read_config_doc(p, check_policy=False)  # checked after the shapes (a clearer message first)
+    config = policy_config_from_json(doc["policy"], f"{p / CONFIG_FILE}: field 'policy'")
+    hashes = doc.get("sha256") if isinstance(doc.get("sha256"), dict) else {}
+    if not (p / MODEL_FILE).is_file():
+        raise CheckpointError(f"{p / MODEL_FILE}: file is missing; the checkpoint is incomplete")
+    if verify:
+        _verify(p / MODEL_FILE, hashes.get(MODEL_FILE), "weights")
+        if (p / NORM_FILE).is_file():
+            _verify(p / NORM_FILE, hashes.get(NORM_FILE), "normalization statistics")
+    norm = None
+    if (p / NORM_FILE).is_file():
+        try:
+            norm = Normalization.from_json(_read_json_file(p / NORM_FILE, "the normalization statistics"))
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{p / NORM_FILE}: cannot read the normalization statistics ({e})") from e
+    extra = _read_json_file(p / EXTRA_FILE, "extra.json") if (p / EXTRA_FILE).is_file() else {}
+    try:
+        with safe_open(str(p / MODEL_FILE), framework="pt") as f:
+            keys = list(f.keys())
+            source = {k: k for k in keys}
+            model = _materialize(config, f, source, map_location, dtype, what=str(p / MODEL_FILE))
+    except SafetensorError as e:
+        raise CheckpointError(
+            f"{p / MODEL_FILE}: not a readable safetensors file ({e}); it is truncated, damaged or in "
+            "another format (a pickled .pt/.bin renamed?)"
+        ) from e
+    _check_policy_hash(p, doc)
     tok = p / TOKENIZER_FILE
     return LoadedCheckpoint(
         model=model, config=config, norm=norm, extra=extra, tokenizer_path=tok if tok.is_file() else None
@@ -456,6 +623,7 @@ def _write_train_state_files(directory: Path, spec: TrainStateSpec) -> None:
         "meta": _enc(dict(meta or {})),
     }
     save_file(tensors, str(directory / TRAIN_TENSORS), metadata={"format": "pt"})
+    doc["sha256"] = {TRAIN_TENSORS: file_sha256(directory / TRAIN_TENSORS)}
     _write_json(directory / TRAIN_JSON, doc)
 
 
@@ -472,7 +640,10 @@ def load_train_state(
     p = Path(path).expanduser()
     if not (p / TRAIN_JSON).is_file():
         raise _missing_dir_error(p.absolute(), "training state")
-    doc = json.loads((p / TRAIN_JSON).read_text())
+    doc = _read_json_file(p / TRAIN_JSON, "the training state")
+    if not (p / TRAIN_TENSORS).is_file():
+        raise CheckpointError(f"{p / TRAIN_TENSORS}: file is missing; the training state is incomplete")
+    _verify(p / TRAIN_TENSORS, (doc.get("sha256") or {}).get(TRAIN_TENSORS), "optimizer and RNG state")
     if doc["optimizer"] != type(optimizer).__name__:
         raise CheckpointError(
             f"{p} holds a {doc['optimizer']} state but the optimizer is {type(optimizer).__name__}"
@@ -489,7 +660,11 @@ def load_train_state(
             "over "
             "the same parameters in the same order"
         )
-    with safe_open(str(p / TRAIN_TENSORS), framework="pt") as f:
+    try:
+        f_ctx = safe_open(str(p / TRAIN_TENSORS), framework="pt")
+    except SafetensorError as e:
+        raise CheckpointError(f"{p / TRAIN_TENSORS}: not a readable safetensors file ({e})") from e
+    with f_ctx as f:
 
         def resolve(v: Any) -> Any:
             if isinstance(v, dict) and "__tensor__" in v:
