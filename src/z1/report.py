@@ -883,6 +883,25 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _check_write_location(run_dir: Path) -> None:
+    """Reports are written only into run directories (files z1 writes there, `fsutil.RUN_MARKERS`, or an
+    earlier report) or an empty directory, never into an arbitrary one."""
+    from z1.errors import RunDirError
+    from z1.fsutil import is_run_dir
+
+    if not run_dir.is_dir() or is_run_dir(run_dir) or not any(run_dir.iterdir()):
+        return  # a missing directory is load_run's error
+    if any((run_dir / n).exists() for n in ("report.html", "report.md", "filmstrips", ASSETS_DIR)):
+        return
+    names = sorted(p.name for p in run_dir.iterdir())[:4]
+    raise RunDirError(
+        f"{run_dir} is not a z1 run directory (none of run.json, sft_metrics.jsonl, rl_metrics.jsonl, "
+        f"eval_*.json, sft_ckpt, rl_ckpt; it holds {', '.join(names)}{', ...' if len(names) == 4 else ''}"
+        "), so no report is written into it; pass the directory that `z1 demo`, `z1 sft --out` or "
+        "`z1 rl --out` wrote"
+    )
+
+
 def write_report(run_dir: Path) -> tuple[Path, Path]:
     """Write `report.html` and `report.md` (+ `report_assets/`) into `run_dir`; returns both paths.
 
@@ -890,6 +909,7 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     from an earlier report that this one no longer uses are removed.
     """
     run_dir = Path(run_dir)
+    _check_write_location(run_dir)
     page, md, assets = render(load_run(run_dir))
     asset_dir = run_dir / ASSETS_DIR
     if assets:
