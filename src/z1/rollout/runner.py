@@ -2,9 +2,9 @@
 
 `PolicyRunner` bundles the model, the observation encoder, the normalization and the env's action
 bounds. It computes the VLM prefix once per *distinct* observation (bit-identical observations share one
-prefix forward, algorithms.md C.1) and samples one chunk per row on the shared KV cache. The same object
-runs in the learner process or, copied, in Ray env actors (`z1.distributed.ray_policy`); per-row seeds make
-a row's chunk independent of where and with which other rows it is computed.
+prefix forward, docs/algorithm.md#shared-prefix) and samples one chunk per row on the shared KV cache. The
+same object runs in the learner process or, copied, in Ray env actors (`z1.distributed.ray_policy`);
+per-row seeds make a row's chunk independent of where and with which other rows it is computed.
 """
 
 from __future__ import annotations

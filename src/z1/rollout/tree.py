@@ -1,4 +1,6 @@
-"""Shared-prefix rollout trees for task-wise GRPO (algorithms.md §C). Pure data and numpy, no env or model.
+"""Shared-prefix rollout trees for task-wise GRPO. Pure data and numpy, no env or model.
+
+The math is docs/algorithm.md#trees; anchors such as `#env-step-savings` below name its sections.
 
 A group is one `Tree`. Node 0 is the virtual root: the group's initial simulator state. Its children are
 the M trunks. Every other node `m` is the state at the end of the edge (parent -> m): the chunks executed
@@ -35,15 +37,16 @@ class TreeError(ValueError):
 
 @dataclass(frozen=True)
 class TreeConfig:
-    """Tree shape (algorithms.md §C.2, defaults §C.8).
+    """Tree shape (docs/algorithm.md#tree-shape-and-branching; defaults: #defaults).
 
     trunks: M independent rollouts from the group's initial state.
     branch_levels: fixed branch chunk indices b_1 < ... < b_L; `None` means "draw them" (see
         `branch_random`); `()` means no branching (flat GRPO).
     branch_random: when `branch_levels` is None, draw one level b_1 ~ U{1..floor(max_branch_frac*C_med)}
-        per group (C.2 default); when False and `branch_levels` is None, no branching.
+        per group (the default, #tree-shape-and-branching); when False and `branch_levels` is None, no
+        branching.
     branch_factor: k children per branch node; an int for all levels or one value per level.
-    min_budget_chunks: never branch a node with fewer chunks of budget left (C.7).
+    min_budget_chunks: never branch a node with fewer chunks of budget left.
     max_branch_frac: the 0.5 in b_1 <= 0.5 * C_med.
     """
 
@@ -85,12 +88,12 @@ class TreeConfig:
         return self.branch_factor[level]
 
     def full_leaves(self, levels: tuple[int, ...]) -> int:
-        """G_leaf = M * prod_l k_l when nothing terminates early (C.2)."""
+        """G_leaf = M * prod_l k_l when nothing terminates early."""
         return self.trunks * math.prod(self.factor(i) for i in range(len(levels)))
 
 
 def plan_branch_levels(cfg: TreeConfig, c_med: float | None, rng: np.random.Generator) -> tuple[int, ...]:
-    """Branch chunk indices for one group (C.2).
+    """Branch chunk indices for one group (#tree-shape-and-branching).
 
     Fixed `cfg.branch_levels` win. Otherwise, with `branch_random`, one level b_1 ~ U{1..floor(f*C_med)}
     where C_med is the task's running median success length in chunks; if that range is empty (C_med
@@ -112,7 +115,7 @@ def branch_factor_at(
     """How many children to spawn at `node_id` now (0 = do not branch), for a collector at a chunk boundary.
 
     Branch when the node's episode has executed exactly b_l chunks for some level l, the node is a running
-    leaf, and at least `cfg.min_budget_chunks` chunks of budget are left (C.2 step 2, C.7).
+    leaf, and at least `cfg.min_budget_chunks` chunks of budget are left (#tree-shape-and-branching).
     """
     n = tree.node(node_id)
     if n.done or n.children or node_id == ROOT or n.chunk_end not in levels:
@@ -132,7 +135,7 @@ class Node:
 
     env_steps: env steps executed on this edge (not counting the shared prefix).
     done: the episode ended on this edge (success, failure at the cap, or env done); the node is a leaf.
-    leaf_return: calibrated return R of the root-to-leaf path, set after calibration (§D).
+    leaf_return: calibrated return R of the root-to-leaf path, set after calibration (#reward-calibration).
     """
 
     id: int
@@ -157,7 +160,7 @@ class Node:
 
 @dataclass
 class Tree:
-    """One GRPO group as a tree (C.2). Build with add_trunk / extend / branch / finish / set_leaf_return."""
+    """One GRPO group as a tree. Build with add_trunk / extend / branch / finish / set_leaf_return."""
 
     task: str = ""
     group: int = 0
@@ -294,11 +297,11 @@ class Tree:
         return Tree(task=d["task"], group=int(d["group"]), nodes=nodes)
 
 
-# ---- values, advantages, weights (C.4 - C.6) ---------------------------------------------------------
+# ---- values, advantages, weights (#node-values-and-edge-advantages, #edge-weights-and-trainable-edges) ---
 
 
 def node_values(tree: Tree) -> np.ndarray:
-    """V per node id (C.4): leaves V = R; internal V(n) = (1/k_n) sum_children V(m) (recursive equal-weight
+    """V per node id: leaves V = R; internal V(n) = (1/k_n) sum_children V(m) (recursive equal-weight
     mean, not a mean over leaves); the root is the mean over the M trunks. Returns (nodes,) float64."""
     returns = np.zeros(len(tree), dtype=np.float64)  # (nodes,) leaf returns, 0 elsewhere
     for n in tree.nodes[1:]:
@@ -340,7 +343,7 @@ def _loc_glob(tree: Tree, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def local_global_advantages(tree: Tree) -> tuple[np.ndarray, np.ndarray]:
-    """Unscaled (A_loc, A_glob) per node id (C.4); root entries are 0.
+    """Unscaled (A_loc, A_glob) per node id (#node-values-and-edge-advantages); root entries are 0.
 
     A_loc(e) = V(m) - mean_{m' sibling of m} V(m') (leave-one-out; trunks' siblings are the other trunks;
     an only child gets 0). A_glob(e) = V(m) - V(root).
@@ -389,7 +392,7 @@ def advantage_scale(tree: Tree, w_loc: float = 1.0, w_glob: float = 1.0) -> floa
 
 
 def edge_advantages(tree: Tree, sigma: float, w_loc: float = 1.0, w_glob: float = 1.0) -> np.ndarray:
-    """A(e) = (w_loc A_loc + w_glob A_glob) / (c sigma) per node id (C1); sigma is the pooled reward scale
+    """A(e) = (w_loc A_loc + w_glob A_glob) / (c sigma) per node id; sigma is the pooled reward scale
     and c = `advantage_scale(tree, w_loc, w_glob)` puts tree and flat advantages on the same (unit) scale.
 
     On a flat tree (M = G trunks) every weighting gives the flat GRPO advantage of `flat_advantages`.
@@ -401,7 +404,8 @@ def edge_advantages(tree: Tree, sigma: float, w_loc: float = 1.0, w_glob: float 
 
 
 def edge_weights(tree: Tree) -> np.ndarray:
-    """Sampling mass rho per node id (C.5): trunk 1/M, child rho(parent)/k_parent; root 0.
+    """Sampling mass rho per node id: trunk 1/M, child rho(parent)/k_parent; root 0
+    (#edge-weights-and-trainable-edges).
 
     The masses of the leaves sum to 1, and the children of any node sum to the node's mass.
     """
@@ -417,7 +421,7 @@ def edge_weights(tree: Tree) -> np.ndarray:
 def trainable_edges(
     tree: Tree, advantages: np.ndarray, stochastic: np.ndarray | None = None, tau_a: float = 1e-6
 ) -> np.ndarray:
-    """Bool mask per node id of edges that enter the loss (C.6).
+    """Bool mask per node id of edges that enter the loss (#edge-weights-and-trainable-edges).
 
     An edge is trainable when (1) it has stochastic denoise steps (`stochastic[id]`, default: it has at
     least one chunk), (2) |A(e)| > tau_a, and (3) its parent has >= 2 children (for trunks: M >= 2).
@@ -435,7 +439,7 @@ def trainable_edges(
 
 
 def flat_advantages(returns: np.ndarray, sigma: float) -> np.ndarray:
-    """Flat GRPO with pooled scale (B.2/D.4 N3): A_i = (R_i - mean_g R) / sigma. (g,) -> (g,)."""
+    """Flat GRPO (#reward-normalisation): A_i = (R_i - mean_g R) / sigma, sigma pooled. (g,) -> (g,)."""
     r = np.asarray(returns, dtype=np.float64)
     if r.ndim != 1 or r.size == 0:
         raise TreeError(f"returns must be a non-empty 1-D array (one group), got shape {r.shape}")
@@ -444,17 +448,18 @@ def flat_advantages(returns: np.ndarray, sigma: float) -> np.ndarray:
     return (r - r.mean()) / sigma
 
 
-# ---- cost accounting (C.1, C.8) ---------------------------------------------------------------------
+# ---- cost accounting (#shared-prefix, #env-step-savings) ---------------------------------------------
 
 
 @dataclass(frozen=True)
 class TreeCost:
-    """Env steps and VLM prefix forwards of a tree vs flat rollouts of the same leaf trajectories (C.8).
+    """Env steps and VLM prefix forwards of a tree vs flat rollouts of the same leaf trajectories.
 
     env_steps: unique env steps executed (E_tree). flat_env_steps: sum of the leaves' episode lengths,
     i.e. G_leaf * T_bar, what independent rollouts would execute for the same leaves (E_indep).
     prefix_forwards: unique chunks minus the shared first chunks (trunks at c=0 and siblings at each
-    branch node see one identical observation, C.1). flat_prefix_forwards: one per chunk per leaf path.
+    branch node see one identical observation, #shared-prefix). flat_prefix_forwards: one per chunk per leaf
+    path.
     """
 
     leaves: int
@@ -483,12 +488,13 @@ def tree_cost(tree: Tree) -> TreeCost:
 
 
 def env_steps(tree: Tree) -> int:
-    """E_tree: unique env steps executed by the tree (C.8)."""
+    """E_tree: unique env steps executed by the tree (#env-step-savings)."""
     return tree_cost(tree).env_steps
 
 
 def expected_env_step_ratio(trunks: int, branch_fracs: tuple[float, ...], factors: tuple[int, ...]) -> float:
-    """Closed form E_tree / E_indep of (C2) with no early termination; branch times as fractions of T."""
+    """Closed form E_tree / E_indep with no early termination; branch times as fractions of T
+    (#env-step-savings)."""
     if len(branch_fracs) != len(factors):
         raise TreeError(f"need one factor per branch level, got {branch_fracs} and {factors}")
     taus = (0.0, *branch_fracs, 1.0)
