@@ -2,13 +2,14 @@
 
 For each group (task, seed) the collector:
 1. resets one env slot to the group's initial state and clones it into the other trunk slots, so every
-   member starts from the bit-identical simulator state (algorithms.md B.1);
+   member starts from the bit-identical simulator state (docs/algorithm.md#groups);
 2. steps all live slots of all groups of a wave together: one batched policy call per chunk boundary,
    with the VLM prefix computed once per *distinct* observation (the M trunks at c=0 and the k children
-   at a branch point see one identical observation, C.1), chunks sampled with the Flow-SDE sampler, the
-   first H_exec actions executed in the env slots (in parallel worker processes);
-3. at the group's branch level (a chunk boundary, C.2) snapshots each live trunk and restores it into k-1
-   free slots; each child then draws its own noise (never a copy of the parent's RNG);
+   at a branch point see one identical observation, #shared-prefix), chunks sampled with the Flow-SDE
+   sampler, the first H_exec actions executed in the env slots (in parallel worker processes);
+3. at the group's branch level (a chunk boundary, #tree-shape-and-branching) snapshots each live trunk
+   and restores it into k-1 free slots; each child then draws its own noise (never a copy of the
+   parent's RNG);
 4. records, per executed chunk, what the trainer needs: the index of its (encoded) observation, the
    denoise chain, the stochastic step ids and their log-probs, and the tree edge it belongs to; per
    leaf, success and the success time in env steps (counting the shared prefix).
@@ -47,7 +48,7 @@ ACTOR_INFERENCE_METHODS = ("holding_observations", "sync_policy", "act_and_step"
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How groups are rolled out (algorithms.md A, C)."""
+    """How groups are rolled out (docs/algorithm.md#flow-sde-step, #trees)."""
 
     group_size: int = 8
     """Leaves per group G (tree: trunks * branch_factor; flat: G members from the same state)."""
@@ -58,10 +59,12 @@ class RolloutConfig:
     branch_factor: int = 4
     """k, children per branch node (tree mode)."""
     branch_at: int | None = None
-    """Fixed branch chunk index; None draws b ~ U{1..floor(0.5 * C_med(task))} per group (C.2)."""
+    """Fixed branch chunk index; None draws b ~ U{1..floor(0.5 * C_med(task))} per group
+    (docs/algorithm.md#tree-shape-and-branching)."""
     branch_frac: float | None = None
     """Branch at this fraction of the episode cap (chunk round(f * max_steps / h_exec)); overrides
-    branch_at. With M=2, k=4 and f=0.5 the env-step saving is at most 37.5% (algorithms.md C.8)."""
+    branch_at. With M=2, k=4 and f=0.5 the env-step saving is at most 37.5%
+    (docs/algorithm.md#env-step-savings)."""
     h_exec: int = 4
     """Actions executed per chunk before the policy looks again."""
     num_steps: int = 5
@@ -69,7 +72,8 @@ class RolloutConfig:
     noise_level: float = 0.5
     """a of the Flow-SDE: sigma_t = a * sqrt(t / (1 - t))."""
     stochastic: Literal["single", "window", "all"] = "single"
-    """Stochastic denoise steps: one random (not the last), a window, or all (A.5)."""
+    """Stochastic denoise steps: one random (not the last), a window, or all
+    (docs/algorithm.md#stochastic-steps)."""
     window: int = 2
     """Window length for stochastic='window'."""
     share_prefix: bool = True
@@ -507,7 +511,8 @@ def _roll_wave(
                 del live[s]
                 if progress is not None:
                     progress(1, 0)
-        # Branch at chunk boundaries (C.2): children restored from the parent's state into free slots.
+        # Branch at chunk boundaries (#tree-shape-and-branching): children restored from the parent's state
+        # into free slots.
         t0 = time.perf_counter()
         for s in sorted(live):
             gi, node = live[s]
