@@ -1,8 +1,10 @@
-"""The clipped GRPO surrogate for flow policies (algorithms.md §B.3 - §B.5) and its statistics (§F).
+"""The clipped GRPO surrogate for flow policies and its statistics (docs/algorithm.md#grpo-objective,
+#metrics; the `#...` anchors below name sections of docs/algorithm.md).
 
 One PPO term u = (row i, stochastic step j): a row is one recorded chunk (flat trajectory chunk or tree
 edge chunk) and j indexes its stochastic denoise steps (|S| = 1 by default). The trainer computes the
-log-probs (A.4, summed over the scored entries J) and passes per-row advantages and weights:
+log-probs (#log-prob-and-scored-entries, summed over the scored entries J) and passes per-row advantages
+and weights:
 
     W = total_term_weight(weights, valid)                  # over the WHOLE rollout batch, once
     for epoch in range(cfg.epochs):
@@ -14,8 +16,8 @@ log-probs (A.4, summed over the scored entries J) and passes per-row advantages 
         if kl_early_stop(combine_stats(parts)["approx_kl/k3"], cfg): break   # the batch-mean k3
 
 Sharing the global denominator W makes micro-batch gradient accumulation exact: summing `grpo_loss`
-over any partition of the batch gives exactly the full-batch loss (B.3, "token-mean" over the global
-batch). When each minibatch is its own optimizer step, scale by the number of minibatches (or pass the
+over any partition of the batch gives exactly the full-batch loss (#grpo-objective, "token-mean" over the
+global batch). When each minibatch is its own optimizer step, scale by the number of minibatches (or pass the
 minibatch's own weight) so the step size does not shrink with the minibatch count.
 """
 
@@ -35,16 +37,16 @@ class GRPOError(ValueError):
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    """Surrogate and update schedule (defaults: algorithms.md §B.7).
+    """Surrogate and update schedule (defaults: docs/algorithm.md#defaults).
 
     clip_low / clip_high: epsilon_low / epsilon_high of clip-higher (DAPO 0.2 / 0.28).
     dual_clip: c of the dual clip for A < 0 (loss capped at -c A); None disables it.
-    kl_beta: weight of the exact per-step Gaussian KL to the reference (B.4); 0 = no reference forward.
-    adv_clip: advantages are clipped to [-adv_clip, adv_clip] (B.2); None disables.
-    epochs, minibatches: update passes over one rollout batch and optimizer steps per pass (B.5).
+    kl_beta: weight of the exact per-step Gaussian KL to the reference (#kl-to-a-reference); 0 = none.
+    adv_clip: advantages are clipped to [-adv_clip, adv_clip]; None disables.
+    epochs, minibatches: update passes over one rollout batch and optimizer steps per pass (#kl-early-stop).
     kl_target: skip the remaining update epochs when an epoch's batch-mean k3 approx-KL exceeds it
         (`kl_early_stop`); None disables. An epoch always runs to its end, so with epochs = 1 it only logs.
-    log_ratio_clamp: log r is clamped to [-c, c] before exp (A.7.4).
+    log_ratio_clamp: log r is clamped to [-c, c] before exp.
     """
 
     clip_low: float = 0.2
@@ -69,7 +71,7 @@ class GRPOConfig:
 
 
 def total_term_weight(weights: Tensor, valid: Tensor) -> float:
-    """Global denominator of (B1): sum of row weights over all valid terms. weights (n,), valid (n, j)."""
+    """The loss denominator W: row weights summed over all valid terms. weights (n,), valid (n, j)."""
     if weights.ndim != 1 or valid.ndim != 2 or valid.shape[0] != weights.shape[0]:
         raise GRPOError(
             f"weights must be (n,) and valid (n, j); got {tuple(weights.shape)}, {tuple(valid.shape)}"
@@ -87,11 +89,11 @@ def grpo_loss(
     total_weight: float,
     ref_kl: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped surrogate (B1) of one (micro-)batch, normalized by the global term weight.
+    """Clipped surrogate (#grpo-objective) of one (micro-)batch, normalized by the global term weight.
 
-    new_logprobs, old_logprobs: (n, j) per-step log-probs summed over J (A.3/A.4); new carries gradient.
-    advantages: (n,) one per row (flat: the trajectory's A_i; tree: the edge's A(e), C1).
-    weights: (n,) w_u per row (1 for flat rollouts, the edge mass rho for trees, C.5).
+    new_logprobs, old_logprobs: (n, j) per-step log-probs summed over J; new carries gradient.
+    advantages: (n,) one per row (flat: the trajectory's A_i; tree: the edge's A(e)).
+    weights: (n,) w_u per row (the edge mass rho; 1/G for the members of a flat group).
     valid: (n, j) bool, 0 for padding, chunks after termination and filtered groups.
     total_weight: `total_term_weight` over the whole rollout batch (not this minibatch).
     ref_kl: (n, j) exact per-step KL to the reference (`gaussian_kl`), needed when cfg.kl_beta > 0.
@@ -179,13 +181,13 @@ def _stats(
             "ratio/max": -math.inf if empty else float(r_valid.max()),
             "ratio/abs_dev": wmean((ratio - 1.0).abs()),
             "log_ratio/abs_max": -math.inf if empty else float(log_ratio[mask].abs().max()),
-            # Zero-gradient regions of the clipped objective (§F clip fractions).
+            # Zero-gradient regions of the clipped objective (#metrics, clip fractions).
             "clip_frac/high": wmean((adv2 > 0) & (ratio > 1.0 + cfg.clip_high)),
             "clip_frac/low": wmean((adv2 < 0) & (ratio < 1.0 - cfg.clip_low)),
             "clip_frac/dual": wmean((adv2 < 0) & (ratio > cfg.dual_clip))
             if cfg.dual_clip is not None
             else 0.0,
-            # approx-KL estimators of KL(old || new) from samples of the old policy (§F).
+            # approx-KL estimators of KL(old || new) from samples of the old policy (#metrics).
             "approx_kl/k1": wmean(-log_ratio),
             "approx_kl/k2": wmean(0.5 * log_ratio**2),
             "approx_kl/k3": wmean(ratio - 1.0 - log_ratio),
@@ -199,7 +201,7 @@ def _stats(
 
 
 def kl_early_stop(approx_kl_k3: float, cfg: GRPOConfig) -> bool:
-    """Whether to skip the remaining epochs (B.5), decided after each epoch on its batch-mean k3.
+    """Whether to skip the remaining epochs (#kl-early-stop), decided after each epoch on its batch-mean k3.
 
     `approx_kl_k3` is the batch-mean k3 approx-KL of the epoch that just ended: the term-weighted mean of
     k3 = r - 1 - log r over all terms of the batch, each measured by its minibatch just before that
@@ -242,7 +244,7 @@ def combine_stats(parts: Sequence[dict[str, float]]) -> dict[str, float]:
 def ratio_by_step(
     new_logprobs: Tensor, old_logprobs: Tensor, valid: Tensor, step_ids: Tensor, num_steps: int
 ) -> dict[str, float]:
-    """Ratio mean/min/max per denoise-step index k (§F). step_ids (n, j) long: the k of each term."""
+    """Ratio mean/min/max per denoise-step index k. step_ids (n, j) long: the k of each term."""
     out: dict[str, float] = {}
     with torch.no_grad():
         ratio = (new_logprobs.float() - old_logprobs.float()).exp()
@@ -259,11 +261,12 @@ def ratio_by_step(
 def gaussian_kl(
     mean_new: Tensor, mean_ref: Tensor, std: Tensor | float, mask: Tensor | None = None
 ) -> Tensor:
-    """Exact KL(N(mu_new, s^2 I) || N(mu_ref, s^2 I)) of one stochastic step, summed over J (B.4).
+    """Exact KL(N(mu_new, s^2 I) || N(mu_ref, s^2 I)) of one stochastic step, summed over J
+    (#kl-to-a-reference).
 
     mean_new, mean_ref: (..., h, a) step means; std: s_k, a float or a tensor broadcastable to (...);
     mask: scored entries J, broadcastable to (..., h, a) (e.g. (h, a) with ones on H_exec x d).
-    Returns (...) = sum_J (mu_new - mu_ref)^2 / (2 s^2). Computed in fp32 (A.4).
+    Returns (...) = sum_J (mu_new - mu_ref)^2 / (2 s^2). Computed in fp32.
     """
     if mean_new.shape != mean_ref.shape or mean_new.ndim < 2:
         raise GRPOError(
