@@ -1,14 +1,18 @@
-"""Completion-aware reward calibration and reward normalization across task groups (algorithms.md §D, §B.6).
+"""Completion-aware reward calibration and reward normalization across task groups.
 
-Flow per training iteration (the trainer owns the `TaskTimeStats` object and checkpoints it as JSON):
+The formulas are docs/algorithm.md#reward-calibration, #reward-normalisation and #range-filter (anchors
+below name sections of docs/algorithm.md). Flow per training iteration (the trainer owns the
+`TaskTimeStats` object and checkpoints it as JSON; `rl.scoring.score_batch` runs these steps):
 
-    stats.update(task, successes, times, cfg)            # EMA of train success, success lengths (T_min)
     R = calibrate(successes, times, task, stats, cfg)    # (g,) returns per group, D0 / D1 / D4
-    keep = range_filter(groups_R, cfg.range_delta)       # B.6: drop all-fail / identical groups
-    sigma = pooled_sigma([R for R, k in zip(groups_R, keep) if k], cfg)   # D.4 N3
+    keep = range_filter(groups_R, cfg.range_delta)       # drop all-fail / identical groups
+    sigma = pooled_sigma([R for R, k in zip(groups_R, keep) if k], cfg)   # norm="pooled"
     A = group_advantages(kept_groups_R, cfg, sigma)      # (R - mean_g R) / sigma
+    stats.update(task, successes, times, cfg)            # EMA of train success, success lengths (T_min)
 
-Updating the stats before calibrating means the first iteration already has a T_min and p_hat.
+A batch is calibrated with the statistics from before it and folded in afterwards. In tree mode the
+trainer first evaluates the initial policy and folds that in, so the first iteration already has a T_min
+and p_hat.
 """
 
 from __future__ import annotations
@@ -26,16 +30,16 @@ class RewardError(ValueError):
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Reward calibration and normalization (defaults: algorithms.md §D.5, §B.6).
+    """Reward calibration and normalization (defaults: docs/algorithm.md#defaults).
 
     kind: "D0" binary, "D1" linear completion-time decay, "D4" D1 gated on the task's train success.
     lam: lambda, the largest fraction of the success reward that slowness can cost (0 <= lam < 1, so any
         success beats any failure).
     p0: D4 gate: lambda_task = lam * clip((p_hat - p0) / (1 - p0), 0, 1).
-    norm: "pooled" (N3, sigma = sqrt(mean_g Var_g R) over kept groups), "group" (N5, per-group std
-        floored at sigma_min) or "none" (N2, Dr.GRPO: no scaling).
+    norm: "pooled" (sigma = sqrt(mean_g Var_g R) over kept groups), "group" (per-group std floored at
+        sigma_min) or "none" (Dr.GRPO: no scaling); see #reward-normalisation.
     sigma_min: floor of the scale.
-    range_delta: delta_R of the range filter (B.6).
+    range_delta: delta_R of the range filter (#range-filter).
     success_ema: decay beta of p_hat <- beta * p_hat + (1 - beta) * batch success rate.
     t_min_quantile: T_min = this quantile of the task's recent success lengths (10th percentile).
     length_window: how many recent success lengths per task are kept for T_min.
@@ -149,7 +153,7 @@ def _as_outcomes(successes: np.ndarray, success_times: np.ndarray) -> tuple[np.n
 
 
 def decay_lambda(task: str, stats: TaskTimeStats, cfg: RewardConfig) -> float:
-    """lambda for `task`: 0 (D0), lam (D1), or lam * clip((p_hat - p0)/(1 - p0), 0, 1) (D4, D.1)."""
+    """lambda for `task`: 0 (D0), lam (D1), or lam * clip((p_hat - p0)/(1 - p0), 0, 1) (D4)."""
     if cfg.kind == "D0":
         return 0.0
     if cfg.kind == "D1":
@@ -163,7 +167,7 @@ def decay_lambda(task: str, stats: TaskTimeStats, cfg: RewardConfig) -> float:
 def normalized_time(
     success_times: np.ndarray, task: str, stats: TaskTimeStats, cfg: RewardConfig
 ) -> np.ndarray:
-    """tau_s = clip((t_s - T_min) / (T_max - T_min), 0, 1) (D.1); per task, never raw steps (D.3)."""
+    """tau_s = clip((t_s - T_min) / (T_max - T_min), 0, 1); per task, never raw steps."""
     stats._check(task)
     t_max = stats.t_max[task]
     t_min = stats.t_min(task, cfg)
@@ -175,7 +179,8 @@ def normalized_time(
 def calibrate(
     successes: np.ndarray, success_times: np.ndarray, task: str, stats: TaskTimeStats, cfg: RewardConfig
 ) -> np.ndarray:
-    """Calibrated returns (D.1): D0 R = 1[succ]; D1/D4 R = 1[succ] (1 - lambda tau_s). Failures get 0.
+    """Calibrated returns: D0 R = 1[succ]; D1/D4 R = 1[succ] (1 - lambda tau_s). Failures get 0
+    (#reward-calibration).
 
     successes: (g,) bool; success_times: (g,) env steps of the first success (ignored for failures).
     Returns (g,) float64.
@@ -187,7 +192,7 @@ def calibrate(
     return np.where(succ, 1.0 - lam * tau, 0.0)
 
 
-# ---- normalization and filtering (D.4, B.6) ----------------------------------------------------------
+# ---- normalization and filtering (#reward-normalisation, #range-filter) -----------------------------
 
 
 def _groups(groups_returns: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -199,7 +204,7 @@ def _groups(groups_returns: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def pooled_sigma(groups_returns: Sequence[np.ndarray], cfg: RewardConfig) -> float:
-    """N3 (D.4): sigma = sqrt(mean_g Var_g(R)) with population variance, floored at sigma_min.
+    """norm="pooled": sigma = sqrt(mean_g Var_g(R)) with population variance, floored at sigma_min.
 
     Pass the groups that survived `range_filter`; with no groups the floor is returned.
     """
@@ -214,8 +219,8 @@ def group_advantages(
 ) -> list[np.ndarray]:
     """Flat group-centered advantages A_i = (R_i - mean_g R) / scale, one (g,) array per group.
 
-    scale: `sigma` (or `pooled_sigma` of these groups when None) for norm="pooled" (N3); max(std_g,
-    sigma_min) for norm="group" (N5); 1 for norm="none" (N2).
+    scale: `sigma` (or `pooled_sigma` of these groups when None) for norm="pooled"; max(std_g,
+    sigma_min) for norm="group"; 1 for norm="none".
     """
     gs = _groups(groups_returns)
     if cfg.norm == "pooled":
@@ -227,7 +232,7 @@ def group_advantages(
 
 
 def range_filter(groups_returns: Sequence[np.ndarray], delta: float) -> np.ndarray:
-    """Keep mask (B,) of groups with max(R) - min(R) >= delta (B.6).
+    """Keep mask (B,) of groups with max(R) - min(R) >= delta (#range-filter).
 
     All-fail and identical groups are dropped; all-success groups whose completion times (hence calibrated
     returns) differ are kept.
@@ -240,7 +245,7 @@ def group_stats(
     groups_returns: Sequence[np.ndarray] | None = None,
     delta: float = 1e-3,
 ) -> dict[str, float]:
-    """Fractions of all-success / all-fail / mixed groups (§F), and of zero-range groups if returns given."""
+    """Fractions of all-success / all-fail / mixed groups, and of zero-range groups if returns given."""
     succ = [np.asarray(g, dtype=bool).reshape(-1) for g in groups_successes]
     n = max(len(succ), 1)
     out = {
