@@ -1,11 +1,12 @@
 """From a rollout batch to per-chunk advantages, weights and trainable masks.
 
-Order of operations (algorithms.md D -> B.6 -> D.4 -> C.4-C.6):
+Order of operations (docs/algorithm.md#scoring-order; the anchors below name its sections):
 1. calibrate each leaf's return from its success and completion time (D0/D1/D4), using the task
    statistics *before* this batch (then fold the batch into them);
-2. drop groups whose returns carry no information (range filter, B.6): all-fail and identical groups go,
+2. drop groups whose returns carry no information (#range-filter): all-fail and identical groups go,
    all-success groups whose completion times differ stay;
-3. one pooled reward scale sigma over the kept groups (N3), or per group (N5), or none (N2);
+3. one pooled reward scale sigma over the kept groups, or per group, or none
+   (#reward-normalisation);
 4. tree values, edge advantages A(e) = (w_loc A_loc + w_glob A_glob) / (c sigma), edge masses rho and the
    trainable-edge rule; every chunk on an edge inherits the edge's numbers. c (`advantage_scale`, a
    function of the tree's shape and the weights) gives tree and flat groups the same advantage scale.
@@ -32,7 +33,8 @@ from z1.rollout.tree import edge_advantages, edge_weights, local_global_advantag
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """Edge advantage weights (C1). Flat GRPO always uses w_loc=0, w_glob=1, i.e. (R - mean) / sigma.
+    """Edge advantage weights (docs/algorithm.md#node-values-and-edge-advantages). Flat GRPO always uses
+    w_loc=0, w_glob=1, i.e. (R - mean) / sigma.
 
     Only the ratio w_loc : w_glob matters: `edge_advantages` rescales the combination to the flat scale."""
 
@@ -194,7 +196,7 @@ def score_batch(
         edge_abs_adv=np.array(edge_abs, dtype=np.float64),
     )
 
-    # Fold this batch into the task statistics only after it was scored (D.1 uses p_hat from before).
+    # Fold this batch into the task statistics only after it was scored (calibration uses p_hat from before).
     by_task: dict[str, tuple[list, list]] = {}
     for o in plan:
         by_task.setdefault(o.task, ([], []))
