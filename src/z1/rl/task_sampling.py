@@ -1,8 +1,8 @@
-"""How an iteration's groups are spread over tasks (algorithms.md B.1, "Task sampling").
+"""How an iteration's groups are spread over tasks (docs/algorithm.md#task-sampling).
 
 "uniform" gives every task the same number of groups. "uncertain" spreads the same total in proportion to
 w_task = sqrt(p_hat (1 - p_hat)) + eps, p_hat being the task's EMA of train success (`TaskTimeStats`).
-A group whose leaves all fail (or all succeed equally fast) is dropped by the range filter (B.6), so
+A group whose leaves all fail (or all succeed equally fast) is dropped by the range filter (#range-filter), so
 groups of a task at 0% or 100% are rollouts spent for nothing; the weight moves them to the tasks whose
 groups carry signal. A task not seen yet counts as p_hat = 0.5. Counts are drawn by systematic sampling,
 so every task's expected count is exactly its share (a task with 0.4 expected groups gets one in 40% of
