@@ -1,4 +1,6 @@
-"""Selective training of the pi0.5 policy during RL: which parameters train, LoRA, per-group LRs (§E).
+"""Selective training of the pi0.5 policy during RL: which parameters train, LoRA, per-group LRs.
+
+See docs/algorithm.md#selective-training.
 
 Parameter-name contract of `z1.models.pi05.Pi05Policy` (every parameter must fall in one role):
 
@@ -11,11 +13,12 @@ Parameter-name contract of `z1.models.pi05.Pi05Policy` (every parameter must fal
     action_in_proj.*, action_out_proj.*,
     time_mlp_in.*, time_mlp_out.*             -> "projections"
 
-Modes (table E):
-    "expert"          E1: expert + projections train; the prefix (vision + VLM) is frozen, so the trainer
+Modes:
+    "expert"          expert + projections train; the prefix (vision + VLM) is frozen, so the trainer
                       can build the prefix KV cache under no_grad and reuse it (`frozen_prefix`).
-    "expert+top_vlm"  E2: E1 + the last `top_k` VLM layers (full weights), lr scaled by lr_vlm_scale (E4).
-    "lora"            E3: E1 + LoRA on the attention/MLP Linears of the last `lora_layers` VLM layers (E4 lr).
+    "expert+top_vlm"  "expert" + the last `top_k` VLM layers (full weights), lr scaled by lr_vlm_scale.
+    "lora"            "expert" + LoRA on the attention/MLP Linears of the last `lora_layers` VLM layers
+                      (lr scaled by lr_vlm_scale).
 """
 
 from __future__ import annotations
@@ -47,15 +50,15 @@ class SelectiveError(ValueError):
 
 @dataclass(frozen=True)
 class SelectiveConfig:
-    """Which parameters train during RL (algorithms.md §E; default E1).
+    """Which parameters train during RL (docs/algorithm.md#selective-training; default "expert").
 
     top_k: VLM layers trained in "expert+top_vlm" (the last k).
     lora_rank, lora_alpha: adapter rank r and alpha (scaling alpha / r).
     lora_layers: VLM layers that get LoRA in "lora" mode (the last n); None = top_k.
     lora_targets: Linear modules inside each chosen `layers.{i}.vlm` block.
-    lr_expert: lr of the expert and projections (B.5: 5e-6).
-    lr_vlm_scale: lr of VLM parameters (full or LoRA) = lr_vlm_scale * lr_expert (E4: 0.1).
-    weight_decay: AdamW weight decay for every group (B.5: 0.01).
+    lr_expert: lr of the expert and projections (the RL trainer sets it to `--lr`).
+    lr_vlm_scale: lr of VLM parameters (full or LoRA) = lr_vlm_scale * lr_expert.
+    weight_decay: AdamW weight decay for every group.
     """
 
     mode: Literal["expert", "expert+top_vlm", "lora"] = "expert"
@@ -173,7 +176,7 @@ def apply_selective(
 
 def frozen_prefix(model: nn.Module, cfg: SelectiveConfig | None = None) -> bool:
     """True when no vision / embedding / VLM parameter (LoRA included) requires grad, so the prefix KV cache
-    can be built under no_grad and reused across denoise steps and epochs (E1).
+    can be built under no_grad and reused across denoise steps and epochs (mode "expert").
 
     With `cfg`, also checks that the model's state matches it (catches a missing `apply_selective`).
     """
@@ -190,7 +193,7 @@ def frozen_prefix(model: nn.Module, cfg: SelectiveConfig | None = None) -> bool:
 def grad_norms_by_group(groups: ParamGroups) -> dict[str, float]:
     """L2 grad norm per group and in total ("grad_norm/<group>", "grad_norm/total"); None grads count as 0.
 
-    Call after backward and before clipping (§F logs the pre-clip norm)."""
+    Call after backward and before clipping (the metrics log the pre-clip norm)."""
     out: dict[str, float] = {}
     total = 0.0
     for g, ps in groups.params.items():
