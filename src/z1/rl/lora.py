@@ -1,4 +1,4 @@
-"""Low-rank adapters on Linear layers (algorithms.md §E, option E3).
+"""Low-rank adapters on Linear layers (docs/algorithm.md#lora; `--selective.mode lora`).
 
 `LoRALinear` replaces an `nn.Linear` in place and keeps the base parameters under the SAME names, so a
 module path `layers.3.vlm.attn.q` still has `layers.3.vlm.attn.q.weight` (the frozen base weight, the same
@@ -115,7 +115,7 @@ def merge_lora(model: nn.Module) -> list[str]:
 
 @contextmanager
 def lora_disabled(model: nn.Module) -> Iterator[None]:
-    """Run the base model (adapters off), e.g. as the KL reference (B.4)."""
+    """Run the base model (adapters off), e.g. as the KL reference (docs/algorithm.md#kl-to-a-reference)."""
     mods = list(lora_modules(model).values())
     prev = [m.enabled for m in mods]
     for m in mods:
