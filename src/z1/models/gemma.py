@@ -1,4 +1,6 @@
-"""Gemma building blocks for one stream of the pi0.5 mixture of transformers (pi05.md §1.2, §2.2).
+"""Gemma building blocks for one stream of the pi0.5 mixture of transformers.
+
+See docs/model.md#gemma-blocks, #adarms-and-time-conditioning and #rope.
 
 Numerics follow openpi: RMSNorm with (1 + w) in fp32, adaRMS (scale | shift | gate) with no learned weight,
 GeGLU MLP without biases, half-split RoPE with theta 10000 (angle form: `rope_tables`), query scaled by

@@ -1,4 +1,4 @@
-"""Pi05Policy: the pi0.5 mixture of transformers with a flow-matching action expert (pi05.md §1-3).
+"""Pi05Policy: the pi0.5 mixture of transformers with a flow-matching action expert (docs/model.md).
 
 Prefix = [camera tokens (SigLIP) | text tokens * sqrt(w_vlm)], all ar=0 (bidirectional over valid tokens).
 Suffix = H action tokens (action_in_proj(x_t)), ar = [1, 0, ..., 0] (one bidirectional block).

@@ -1,4 +1,6 @@
-"""Parameter names of openpi-PyTorch / LeRobot pi0.5 checkpoints and their z1 equivalents (pi05.md §5.2-5.3).
+"""Parameter names of openpi-PyTorch / LeRobot pi0.5 checkpoints and their z1 equivalents.
+
+The table is docs/model.md#key-mapping.
 
 Both files use torch Linear (out, in) layout like z1, so every tensor maps 1:1 by name. LeRobot files saved
 by training carry a `model.` prefix; older transformers layouts (`paligemma.language_model.model.*`,

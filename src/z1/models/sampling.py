@@ -1,9 +1,10 @@
 """Flow sampler: Euler ODE and Flow-SDE steps, Gaussian log-probs, chunk sampling and log-prob recomputation.
 
-Pure functions over a `Pi05Policy` (algorithms.md §A). t runs 1 (noise) -> 0 (action) on a uniform grid.
+Pure functions over a `Pi05Policy` (docs/algorithm.md#flow-sde-step). t runs 1 (noise) -> 0 (action) on a
+uniform grid.
 Step k maps x^(k) at t_k to x^(k+1) at t_{k+1}, Delta = t_k - t_{k+1}:
     ODE:  x^(k+1) = x^(k) - Delta * v
-    SDE:  x^(k+1) = m * (mu_k + s_k * xi) + (1 - m) * (x^(k) - Delta * v)    (A2; xi ~ N(0, I))
+    SDE:  x^(k+1) = m * (mu_k + s_k * xi) + (1 - m) * (x^(k) - Delta * v)    (xi ~ N(0, I))
 m is the exec mask: 1 on the scored entries J (the first h_exec rows x d_exec dims), 0 elsewhere.
 Only the steps in S (`step_ids`) are stochastic; all others are ODE steps. At a stochastic step the
 scored entries take the Flow-SDE transition, whose Gaussian density is the log-prob; the unscored ones
@@ -63,7 +64,8 @@ def sde_step_stats(
     t_first_next: Tensor | float,
     noise_level: float,
 ) -> tuple[Tensor, Tensor]:
-    """Flow-SDE Euler-Maruyama step (A2), first form. x, v (b, h, a); t, t_next scalars or (b,).
+    """Flow-SDE Euler-Maruyama step (docs/algorithm.md#flow-sde-step). x, v (b, h, a); t, t_next scalars
+    or (b,).
 
     sigma = a * sqrt(t / (1 - t~)), t~ = t except t~ = t_1 (`t_first_next`) at t = 1.
     mean = x (1 - sigma^2 Delta / (2t)) - Delta v (1 + sigma^2 (1 - t) / (2t)); std = sigma sqrt(Delta).
@@ -81,7 +83,8 @@ def sde_step_stats(
 
 
 def gaussian_logprob(x_next: Tensor, mean: Tensor, std: Tensor, mask: Tensor) -> Tensor:
-    """(A3) sum over mask entries of log N(x_next; mean, std^2), in fp32. x_next, mean (b, h, a) -> (b,).
+    """Sum over mask entries of log N(x_next; mean, std^2), in fp32. x_next, mean (b, h, a) -> (b,).
+    The formula: docs/algorithm.md#log-prob-and-scored-entries.
 
     std broadcasts against (b, h, a) and is constant over the scored entries of a row (Flow-SDE);
     the constant terms are computed once per row so that equal inputs give bit-equal log-probs.

@@ -1,4 +1,4 @@
-"""Prompt building, state binning and tokenizers (pi05.md §2.3, §5.4).
+"""Prompt building, state binning and tokenizers (docs/model.md#prompt-and-tokenizer).
 
 pi0.5 puts the normalized, unpadded robot state into the text prompt as 256-bin integers:
 

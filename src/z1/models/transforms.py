@@ -1,4 +1,6 @@
-"""Observation -> model inputs, and model actions -> env actions (pi05.md §2.3, §4).
+"""Observation -> model inputs, and model actions -> env actions.
+
+See docs/model.md#images-and-cameras, #normalisation and #prompt-and-tokenizer.
 
 Order (as openpi): normalize the state -> build the prompt from the normalized, unpadded state ->
 tokenize. Images: uint8 (y, x, 3) -> resize-with-pad to the model's square size by the checkpoint's rule
