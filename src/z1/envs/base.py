@@ -1,8 +1,9 @@
 """The environment protocol every simulator adapter implements.
 
-Contract (DESIGN.md, "Snapshot / restore"): `snapshot()` returns a small picklable value; `restore(s)`
-puts the env back so that the same actions produce bit-identical observations, rewards and success
-flags. Images are rendered only when an observation is requested (`observe()` or `step(..., observe=True)`).
+Contract (docs/environments.md#snapshot-and-restore): `snapshot()` returns a small picklable value;
+`restore(s)` puts the env back so that the same actions produce bit-identical observations, rewards and
+success flags. Images are rendered only when an observation is requested (`observe()` or
+`step(..., observe=True)`).
 """
 
 from __future__ import annotations

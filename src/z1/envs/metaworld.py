@@ -1,21 +1,21 @@
 """Meta-World v3 (metaworld 3.1.1, mujoco 3.3.0) adapter: 50 MT50 tasks, two 64x64 cameras, 4-D proprio.
 
-Scene per seed. The start scene of (task, seed) is the one of
-`gym.make("Meta-World/goal_observable", env_name=task, seed=seed)` followed by `reset()` (metaworld.md:
-the seed goes to construction; `reset(seed=...)` changes nothing). Construction costs ~0.6 s, so one
-underlying env per task is built once and re-seeded in place by replaying what the constructor does
-with the seed (metaworld/env_dict.py `_create_observable_goal_envs.initialize`): seed the global numpy
-RNG, reset once with an unfrozen random vector (the goal/object sample), freeze it, `env.seed(seed)`,
-restore the global RNG. `tests/test_envs_metaworld.py` checks this against fresh `gym.make` envs.
+Scene per seed. The start scene of (task, seed) is the one of `gym.make("Meta-World/goal_observable",
+env_name=task, seed=seed)` followed by `reset()` (docs/environments.md#meta-world: the seed goes to
+construction; `reset(seed=...)` changes nothing). Construction costs ~0.6 s, so one underlying env per
+task is built once and re-seeded in place by replaying what the constructor does with the seed
+(metaworld/env_dict.py `_create_observable_goal_envs.initialize`): seed the global numpy RNG, reset once
+with an unfrozen random vector (the goal/object sample), freeze it, `env.seed(seed)`, restore the global
+RNG. `tests/test_envs_metaworld.py` checks this against fresh `gym.make` envs.
 
-Snapshot / restore (simulators.md §3). Physics: `mj_getState/mj_setState(mjSTATE_INTEGRATION)` plus the
-model fields metaworld rewrites at reset (`body_pos`, `site_pos`). Python side: every plain attribute of
-the metaworld env (arrays copied, scalars, the RNG state) except arrays that alias MuJoCo memory. Those
-are live views (`init_left_pad`/`init_right_pad` in every task; `_target_pos` in basketball and
-bin-picking; `obj_init_pos` in door-lock/unlock) and must stay views: they are found by address at
-snapshot time. Derived quantities (xpos, contacts...) are refreshed by `mj_forward` followed by a second
-`mj_setState`, because in mujoco 3.3.0 `mj_forward` overwrites `qacc_warmstart`, which would break
-bitwise replay.
+Snapshot / restore (docs/environments.md#snapshot-and-restore). Physics:
+`mj_getState/mj_setState(mjSTATE_INTEGRATION)` plus the model fields metaworld rewrites at reset
+(`body_pos`, `site_pos`). Python side: every plain attribute of the metaworld env (arrays copied, scalars,
+the RNG state) except arrays that alias MuJoCo memory. Those are live views
+(`init_left_pad`/`init_right_pad` in every task; `_target_pos` in basketball and bin-picking;
+`obj_init_pos` in door-lock/unlock) and must stay views: they are found by address at snapshot time.
+Derived quantities (xpos, contacts...) are refreshed by `mj_forward` followed by a second `mj_setState`,
+because in mujoco 3.3.0 `mj_forward` overwrites `qacc_warmstart`, which would break bitwise replay.
 """
 
 from __future__ import annotations
@@ -103,8 +103,10 @@ MT10_TASKS: tuple[str, ...] = (
     "window-open-v3",
     "window-close-v3",
 )
-# mw-quick: 4 tasks, all with experts at 100% (noise 0.1, metaworld.md), chosen so that a tiny 64x64
-# image policy after short SFT lands in the middle, leaving RL something to do:
+# mw-quick: 4 tasks, all with experts at 100% (noise 0.1, bench/results/envs_experts.json), chosen so that
+# a tiny 64x64 image policy after short SFT lands in the middle, leaving RL something to do
+# (docs/environments.md#task-sets). SFT figures below were measured with a 1.3M-parameter prototype image
+# policy (10 min of SFT on 2 cores); z1's tiny policy: bench/results/sft_mw-quick.md.
 # - button-press-topdown-v3: a large fixture, SFT reaches ~100% (60% after 3 min): the easy anchor
 #   that shows RL does not regress a solved task.
 # - drawer-open-v3: large fixture but needs a grasp-and-pull; ~85% after SFT.

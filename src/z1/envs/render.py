@@ -1,7 +1,8 @@
 """Offscreen MuJoCo rendering on a headless CPU machine (Mesa llvmpipe through EGL or OSMesa).
 
-Two facts shape this module (simulators.md §1-§3):
-- Shadows and reflections cost 30-60 ms per frame on llvmpipe; with both off a 64x64 frame costs ~10 ms.
+Two measured facts shape this module (docs/environments.md#rendering):
+- Shadows and reflections cost tens of ms per frame on llvmpipe (a Meta-World frame: ~80 ms with the
+  default flags, ~21 ms with both off; ~16 ms per 64x64 camera frame in bench/results/envs.json).
   The flags live in the `MjvScene` and are forced off after every `mjv_updateScene`.
 - Several GL contexts in one process gave stale or black frames (EGL and OSMesa). So a process holds
   exactly one GL context (`_process_gl_context`, created on first use); a `CameraRenderer` keeps one

@@ -1,19 +1,19 @@
-"""RoboCasa v0.2 adapter: the 24 atomic kitchen tasks with a PandaOmron (robocasa.md).
+"""RoboCasa v0.2 adapter: the 24 atomic kitchen tasks with a PandaOmron (docs/environments.md#robocasa).
 
 robocasa is NOT a dependency of z1: it is not on PyPI, v0.2 pins mujoco 3.2.6 / numpy 1.23 and needs a
-~5 GB kitchen asset download (robocasa.md §6). Importing this module never imports robocasa; constructing
-`RoboCasaEnv` checks the install and raises `RoboCasaUnavailable` naming what is missing and how to get it.
+~5 GB kitchen asset download (docs/environments.md#robocasa-install). Importing this module never imports
+robocasa; constructing `RoboCasaEnv` checks the install and raises `RoboCasaUnavailable` naming what is
+missing and how to get it.
 
 Actions. The policy acts in z1's 7-D arm space `[dx, dy, dz, drx, dry, drz, grip]` (the same as the
 robosuite adapter). `to_env_action` maps it to the 12-D PandaOmron action of the env / v0.2 HDF5 /
-`env_utils.convert_action`, EEF first (robocasa.md §2 table, `ENV_ACTION_LAYOUT`):
+`env_utils.convert_action`, EEF first (docs/environments.md#robocasa-actions, `ENV_ACTION_LAYOUT`):
 `[eef_pos 0:3, eef_rot 3:6, gripper 6, base_motion 7:10, torso 10, control_mode 11]` with base and torso
-zero and control mode -1 (arm mode; RLinf's recipe). robocasa.md §2 warns that the RoboCasa365 LeRobot
-datasets (GR00T `PandaOmron_modality.json`) use a permuted layout, base first
-(`LEROBOT_ACTION_LAYOUT`: `[base_motion 0:4, control_mode 4:5, eef_pos 5:8, eef_rot 8:11, gripper 11:12]`,
-base_motion = base x/y/yaw + torso), and that a third-party port shipped such a permutation silently;
-`reorder_action` converts between named layouts, and the live env's action split is checked against
-`ENV_ACTION_LAYOUT` at build time.
+zero and control mode -1 (arm mode; RLinf's recipe). The RoboCasa365 LeRobot datasets (GR00T
+`PandaOmron_modality.json`) use a permuted layout, base first (`LEROBOT_ACTION_LAYOUT`: `[base_motion 0:4,
+control_mode 4:5, eef_pos 5:8, eef_rot 8:11, gripper 11:12]`, base_motion = base x/y/yaw + torso), and a
+third-party port shipped such a permutation silently; `reorder_action` converts between named layouts, and
+the live env's action split is checked against `ENV_ACTION_LAYOUT` at build time.
 
 Scenes and groups. `reset(task, seed, ep_meta=None)` re-seeds the env's Generator in place and rebuilds
 the kitchen (`hard_reset=True`: layout, style, fixtures and objects are sampled in `_load_model`). Group
@@ -23,10 +23,10 @@ with the same seed also the same placements). Inside one process, `snapshot()`/`
 
 Snapshot / restore: as for robosuite (`z1.envs.robosuite`: `mjSTATE_INTEGRATION` state, plain attributes
 of env/robot/controllers/grippers), plus the fixture flags that live outside MuJoCo
-(`FIXTURE_STATE_ATTRS`: `Microwave._turned_on`, `CoffeeMachine._turned_on`, robocasa.md §7), every
-observable's timers and last value (robosuite samples observables on a timer; a forced refresh after a
-restore would shift the sampling phase, robocasa.md §2), `site_rgba` (edited by `update_state`) and the
-ep_meta of the built model. A snapshot of another task or another model build is refused.
+(`FIXTURE_STATE_ATTRS`: `Microwave._turned_on`, `CoffeeMachine._turned_on`), every observable's timers and
+last value (robosuite samples observables on a timer; a forced refresh after a restore would shift the
+sampling phase), `site_rgba` (edited by `update_state`) and the ep_meta of the built model. A snapshot of
+another task or another model build is refused.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ CONTROL_HZ = 20.0
 ROBOT = "PandaOmron"
 CAMERAS: tuple[str, ...] = ("robot0_agentview_left", "robot0_agentview_right", "robot0_eye_in_hand")
 
-# (name, start, stop) of each action block. robocasa.md §2.
+# (name, start, stop) of each action block (docs/environments.md#robocasa-actions).
 ENV_ACTION_LAYOUT: tuple[tuple[str, int, int], ...] = (
     ("eef_pos", 0, 3),
     ("eef_rot", 3, 6),
@@ -89,7 +89,7 @@ ARM_MODE = -1.0
 # z1's 7-D policy action -> blocks of the env action
 POLICY_BLOCKS: tuple[tuple[str, int, int], ...] = (("eef_pos", 0, 3), ("eef_rot", 3, 6), ("gripper", 6, 7))
 
-# The BC-T proprio of the RoboCasa paper (robocasa.md §2), 16-D.
+# The BC-T proprio of the RoboCasa paper, 16-D.
 PROPRIO_KEYS: tuple[tuple[str, int], ...] = (
     ("robot0_base_to_eef_pos", 3),
     ("robot0_base_to_eef_quat", 4),
@@ -104,7 +104,7 @@ STATE_NAMES: tuple[str, ...] = tuple(
 FIXTURE_STATE_ATTRS: tuple[str, ...] = ("_turned_on",)
 
 INSTALL_HELP = (
-    "RoboCasa v0.2 is not on PyPI and needs ~5 GB of kitchen assets (robocasa.md §6). "
+    "RoboCasa v0.2 is not on PyPI and needs ~5 GB of kitchen assets (docs/environments.md#robocasa-install). "
     "Install it on a networked "
     "machine: `git clone https://github.com/robocasa/robocasa && cd robocasa && git checkout v0.2 && "
     "pip install -e .`, then `python robocasa/scripts/setup_macros.py` and "
@@ -195,7 +195,8 @@ def check_env_action_split(split_indexes: Mapping[str, Sequence[int]]) -> None:
     if got != expected:
         raise EnvError(
             f"robocasa: the PandaOmron controller splits actions as {got}, but z1 maps actions with "
-            f"{expected} (robocasa.md §2, env/HDF5 order). A different robosuite version? "
+            f"{expected} (env/HDF5 order, docs/environments.md#robocasa-actions). "
+            "A different robosuite version? "
             "Refusing to guess the permutation."
         )
 
@@ -502,7 +503,10 @@ class RoboCasaEnv:
         return Observation(images=images, state=self._state(cur), instruction=self.instruction(cur.name))
 
     def expert_action(self) -> np.ndarray:
-        raise EnvError("robocasa: no scripted experts; use the RoboCasa demonstrations (robocasa.md §3)")
+        raise EnvError(
+            "robocasa: no scripted experts; use the RoboCasa demonstrations "
+            "(docs/environments.md#robocasa-demonstrations)"
+        )
 
     # ---- snapshot / restore ----
     def snapshot(self) -> RoboCasaSnapshot:

@@ -1,4 +1,6 @@
-"""The 24 RoboCasa v0.2 atomic tasks (robocasa.md §1): class, language template, success rule, horizon.
+"""The 24 RoboCasa v0.2 atomic tasks: class, language template, success rule, horizon.
+
+See docs/environments.md#robocasa-tasks.
 
 Plain data, importable without robocasa. Class names are those of `robocasa/environments/kitchen/
 single_stage/*.py` at tag v0.2 (they do not exist in RoboCasa365 / v1.0, which renamed them). Horizons are
@@ -18,7 +20,7 @@ class RoboCasaTask:
     name: str  # v0.2 env class name (robosuite.make env_name)
     family: str  # pnp | doors | drawers | sink | stove | coffee | microwave
     lang: str  # ep_meta["lang"] template
-    success: str  # what `_check_success()` tests (robocasa.md §1)
+    success: str  # what `_check_success()` tests
     horizon: int  # env steps at 20 Hz
     generic: dict[str, str]  # fill-ins for default_instruction()
 

@@ -22,13 +22,14 @@ they cost ~2/3 of a step and z1 reads what it needs from MjData. The collision g
 robosuite hides with `vopt.geomgroup[0]=0`) get alpha 0 at build time so MuJoCo skips them when drawing;
 rgba does not enter the physics.
 
-Snapshot / restore (simulators.md §2): `mj_getState/mj_setState(mjSTATE_INTEGRATION)`, then `mj_forward`
-to refresh derived quantities and a second `mj_setState` (mujoco 3.3.0's `mj_forward` overwrites
-`qacc_warmstart`); plus every plain attribute (scalars, owned numpy arrays, dicts of those) of the env
-(`timestep`, `cur_time`, `done`...), the robot, its composite controller, each part controller (OSC goals,
-origins...) and each gripper (`current_action`, the rate-limited finger command). Arrays that alias MuJoCo
-memory are skipped and left alone. Snapshots carry the task and a fingerprint of the built model; a
-snapshot of another task or another model build is refused.
+Snapshot / restore (docs/environments.md#snapshot-and-restore):
+`mj_getState/mj_setState(mjSTATE_INTEGRATION)`, then `mj_forward` to refresh derived quantities and a
+second `mj_setState` (mujoco 3.3.0's `mj_forward` overwrites `qacc_warmstart`); plus every plain attribute
+(scalars, owned numpy arrays, dicts of those) of the env (`timestep`, `cur_time`, `done`...), the robot,
+its composite controller, each part controller (OSC goals, origins...) and each gripper (`current_action`,
+the rate-limited finger command). Arrays that alias MuJoCo memory are skipped and left alone. Snapshots
+carry the task and a fingerprint of the built model; a snapshot of another task or another model build is
+refused.
 """
 
 from __future__ import annotations
