@@ -1,4 +1,4 @@
-"""Training samples for flow-matching SFT: one sample per dataset frame (pi05.md §6, last bullet).
+"""Training samples for flow-matching SFT: one sample per dataset frame (docs/model.md#datasets).
 
 Sample i (global frame row r = i, inside episode [s, e)):
     images        (n, y, x, 3) uint8   the cameras at frame r, in the order asked for (float32 in [0, 1]

@@ -1,11 +1,11 @@
-"""Scripted-expert demonstration collection into a LeRobotDataset v3.0 (metaworld.md).
+"""Scripted-expert demonstration collection into a LeRobotDataset v3.0.
 
 Per episode: reset(task, seed); at each step the expert's clean action a_t is the label, the env executes
-clip(a_t + N(0, noise^2)) (noise 0.1 by default: metaworld.md, "collecting with noise 0.1 and labelling with
-the clean expert action"), and the observation (all cameras + state) is rendered every step, because SFT
-samples a chunk start at any frame. The episode is cut `extra_steps_after_success` steps after the first
-success; an episode that never succeeds within the env's step limit is dropped and counted, and another
-seed of that task is tried (at most `max_attempts_per_episode` seeds per requested episode).
+clip(a_t + N(0, noise^2)) (noise 0.1 by default; the measured expert reliability at that noise is in
+docs/environments.md#scripted-experts), and the observation (all cameras + state) is rendered every step,
+because SFT samples a chunk start at any frame. The episode is cut `extra_steps_after_success` steps after
+the first success; an episode that never succeeds within the env's step limit is dropped and counted, and
+another seed of that task is tried (at most `max_attempts_per_episode` seeds per requested episode).
 
 Seeds: task episode k uses env seed `seed + k` (k = 0, 1, ... counting dropped attempts) and a noise RNG
 seeded from (seed, task name, k), so a collection is reproducible whatever the number of workers; episodes

@@ -1,4 +1,6 @@
-"""LeRobotDataset v3.0 writer (pi05.md §6): many episodes per parquet file, images as PNG bytes in parquet.
+"""LeRobotDataset v3.0 writer: many episodes per parquet file, images as PNG bytes in parquet.
+
+See docs/model.md#datasets.
 
 Layout written under `root` (what LeRobot v3 writes and its reader needs):
     meta/info.json                          codebase_version "v3.0", integer fps, features (yours plus

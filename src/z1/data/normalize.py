@@ -17,7 +17,7 @@ Exactness. Quantiles use numpy's default (linear interpolation between order sta
 A LeRobot v3 `meta/stats.json` is not exact: its quantiles are count-weighted averages of per-episode
 quantiles, which are not quantiles of the whole dataset (the 1% of an episode is not the 1% of all frames).
 openpi estimates q01/q99 with 5000-bin histograms, so its values differ from exact ones in the last digits;
-the transform itself is the same (pi05.md §4.1).
+the transform itself is the same (docs/model.md#normalisation).
 
 Degenerate dims: a dimension that never changes (q99 == q01, or std == 0) would blow up under either
 normalization. `normalization_from_stats` widens such dims to q01 = c - 1, q99 = c + 1 and std = 1, so the
