@@ -64,9 +64,9 @@ def _logprob_error(runner, batch: RolloutBatch, cfg: RolloutConfig) -> float:
 
 def _brute_force_row(runner, ob, seed: int, cfg: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One row alone, written out: its generator gives x^(0), the step ids, then one xi per step; Euler
-    steps, and at the stochastic ones the Flow-SDE mean/std (algorithms.md A2) on the executed entries (the
-    others take the Euler step) with the Normal log-density over them. Returns the chain (k+1, h, a) and
-    the log-probs (j,)."""
+    steps, and at the stochastic ones the Flow-SDE mean/std (docs/algorithm.md#flow-sde-step) on the
+    executed entries (the others take the Euler step) with the Normal log-density over them. Returns the
+    chain (k+1, h, a) and the log-probs (j,)."""
     model = runner.model
     h, a, k_steps = model.config.action_horizon, model.config.action_dim, cfg.num_steps
     g = torch.Generator().manual_seed(seed)

@@ -119,7 +119,8 @@ def test_snapshot_excludes_live_views(blind):
 @pytest.mark.parametrize("task", ["button-press-topdown-v3", "drawer-close-v3", "reach-v3"])
 def test_scripted_expert_succeeds(blind, task):
     blind.reset(task, 1)
-    # the expert needs well under 200 steps on these tasks (metaworld.md); one action per chunk
+    # the expert needs well under 200 steps on these tasks (docs/environments.md#scripted-experts);
+    # one action per chunk
     while not blind.success_latched and blind.t < 200:
         res = run_chunk(blind, blind.expert_action()[None], observe=False)  # (1, 4)
         assert res.success == blind.success_latched

@@ -37,7 +37,8 @@ def test_action_mapping_order_and_round_trip() -> None:
     a = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     e = rc.to_env_action(a)
     assert e.shape == (12,)
-    # env/HDF5 order (robocasa.md §2): eef_pos 0:3, eef_rot 3:6, gripper 6, base 7:10, torso 10, mode 11
+    # env/HDF5 order (docs/environments.md#robocasa-actions):
+    # eef_pos 0:3, eef_rot 3:6, gripper 6, base 7:10, torso 10, mode 11
     np.testing.assert_array_equal(e, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0, 0, 0, 0, -1])
     np.testing.assert_array_equal(rc.from_env_action(e), a)
     batch = np.random.default_rng(0).uniform(-1, 1, size=(5, 4, 7))  # (b, h, 7)

@@ -115,7 +115,7 @@ def test_snapshot_restore_bitwise_with_images(env: RobosuiteEnv) -> None:
 
 
 def test_restore_without_gripper_state_would_diverge(env: RobosuiteEnv) -> None:
-    """The gripper's rate-limited `current_action` is part of the state (simulators.md §2)."""
+    """The gripper's rate-limited `current_action` is part of the state (docs/environments.md#robosuite)."""
     env.reset("Lift", 2)
     acts = _actions(8, 3)
     for a in acts:

@@ -1,7 +1,8 @@
 """Import of openpi-PyTorch and LeRobot pi0.5 checkpoints.
 
-The expected openpi key -> shape table below is written from pi05.md §5.2 (the real key names), not derived
-from z1.models.pi05_keys, so the name mapping is checked against an independent source.
+The expected openpi key -> shape table below is written from the real checkpoint key names
+(docs/model.md#key-mapping), not derived from z1.models.pi05_keys, so the name mapping is checked against
+an independent source.
 """
 
 from __future__ import annotations
@@ -320,7 +321,8 @@ def test_full_size_mapping_matches_pi05_preset():
     assert all(file_shapes[plan.source[k]] == s for k, s in model_shapes.items())
     cfg = ck.infer_policy_config(file_shapes, plan, action_horizon=10)
     assert cfg == policy_preset("pi05").with_(action_horizon=10)
-    assert sum(int(np.prod(s)) for s in model_shapes.values()) == 3_353_433_872  # pi05.md §7.1
+    # docs/model.md#parameter-count
+    assert sum(int(np.prod(s)) for s in model_shapes.values()) == 3_353_433_872
     # LeRobot prefix
     plan_lr = ck.plan_keys([f"model.{k}" for k in file_shapes])
     assert plan_lr.prefixed and set(plan_lr.source) == set(model_shapes)

@@ -62,7 +62,8 @@ def test_mask_and_positions_hand_example():
     m2 = make_attention_mask(pad2, torch.tensor([0, 0, 1, 1, 0], dtype=torch.bool))[0]
     assert m2[2].tolist() == [True, True, True, False, False]
     assert m2[3].tolist() == [True] * 5 and m2[0].tolist() == [True, True, False, False, False]
-    # pi05.md §1.4: 3 cams x 256 tokens, the 3rd masked -> it repeats 511, the text starts at 512
+    # docs/model.md#masks-and-positions: 3 cams x 256 tokens, the 3rd masked -> it repeats 511,
+    # the text starts at 512
     pad3 = torch.cat(
         [
             torch.ones(512, dtype=torch.bool),
@@ -234,7 +235,7 @@ def test_pi05_parameter_count_and_names():
     sd = model.state_dict()
     bad = [k for k in sd if not rx.fullmatch(k)]
     assert not bad, bad
-    # 811 = the 812 tensors of the openpi file (pi05.md §5.2) - 2 lm_heads + embed_tokens
+    # 811 = the 812 tensors of the openpi file (docs/model.md#key-mapping) - 2 lm_heads + embed_tokens
     assert len(sd) == 3 + 27 * 16 + 4 + 1 + 18 * 9 + 18 * 11 + 1 + 2 + 8 == 811
     assert sd["vision.pos_embed"].shape == (256, 1152)
     assert sd["layers.0.expert.attn.q.weight"].shape == (2048, 1024)

@@ -1,4 +1,5 @@
-"""The clipped GRPO surrogate vs brute-force references (algorithms.md §B.3, §B.4)."""
+"""The clipped GRPO surrogate vs brute-force references (docs/algorithm.md#grpo-objective,
+#kl-to-a-reference)."""
 
 from __future__ import annotations
 

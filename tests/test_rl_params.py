@@ -1,4 +1,7 @@
-"""Selective training and LoRA (algorithms.md §E) on a stand-in with the pi05 parameter names."""
+"""Selective training and LoRA on a stand-in with the pi05 parameter names.
+
+See docs/algorithm.md#selective-training.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Selective training and LoRA on the real tiny Pi05Policy (algorithms.md §E)."""
+"""Selective training and LoRA on the real tiny Pi05Policy (docs/algorithm.md#selective-training)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Reward calibration, pooled normalization and the range filter (algorithms.md §D, §B.6)."""
+"""Reward calibration, pooled normalization and the range filter (docs/algorithm.md#reward-calibration,
+#reward-normalisation, #range-filter)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Task sampling (algorithms.md B.1): systematic counts, uncertainty weights, seed blocks."""
+"""Task sampling (docs/algorithm.md#task-sampling): systematic counts, uncertainty weights, seed blocks."""
 
 import numpy as np
 import pytest

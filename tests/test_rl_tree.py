@@ -1,4 +1,7 @@
-"""Tree values, advantages, weights and cost accounting vs brute-force enumeration (algorithms.md §C)."""
+"""Tree values, advantages, weights and cost accounting vs brute-force enumeration.
+
+See docs/algorithm.md#trees.
+"""
 
 from __future__ import annotations
 
@@ -179,7 +182,8 @@ def test_only_child_has_zero_local_advantage() -> None:
     t.set_leaf_return(a, 0.8)
     a_loc, a_glob = local_global_advantages(t)
     assert a_loc[a] == 0.0 and a_glob[a] == 0.0
-    assert not trainable_edges(t, edge_advantages(t, 1.0)).any()  # M = 1: no contrast (C.6)
+    # M = 1: no contrast (docs/algorithm.md#edge-weights-and-trainable-edges)
+    assert not trainable_edges(t, edge_advantages(t, 1.0)).any()
 
 
 def test_weights_are_sampling_mass(tree: Tree) -> None:
@@ -255,7 +259,7 @@ def test_tree_and_flat_advantages_have_the_same_scale(trunks, levels, factors, e
         rng.binomial(1, 0.5, size=g).astype(float) if kind == "binary" else rng.uniform(size=g)
         for _ in range(600)
     ]
-    sigma = float(np.sqrt(np.mean([r.var() for r in groups])))  # pooled (N3), population variance
+    sigma = float(np.sqrt(np.mean([r.var() for r in groups])))  # pooled, population variance
     tree_sq = flat_sq = raw_sq = 0.0
     for r in groups:
         for leaf, value in zip(t.leaves(), r):
