@@ -67,6 +67,24 @@ VARIANTS: dict[str, Variant] = {
         "conv stem (8 channels), 8-px grid",
         vision={**_OLD_TINY, "stem": "conv", "patch": 8, "stem_channels": 8},
     ),
+    "aug": Variant("base + random-shift augmentation (pad 4 px)", vision=_OLD_TINY, augment=True),
+    "d50": Variant("base + 50 demonstrations per task", vision=_OLD_TINY, demos=50),
+    "d50-aug": Variant(
+        "base + 50 demonstrations per task + augmentation", vision=_OLD_TINY, demos=50, augment=True
+    ),
+    "p8-d50": Variant(
+        "8-px patches + 50 demonstrations per task", vision={**_OLD_TINY, "patch": 8}, demos=50
+    ),
+    "conv16-d50": Variant(
+        "conv stem (16-px grid) + 50 demonstrations per task",
+        vision={**_OLD_TINY, "stem": "conv", "stem_channels": 16},
+        demos=50,
+    ),
+    "conv16-aug": Variant(
+        "conv stem (16-px grid) + augmentation",
+        vision={**_OLD_TINY, "stem": "conv", "stem_channels": 16},
+        augment=True,
+    ),
     "conv8-aug": Variant(
         "conv8 + random-shift augmentation", vision={**_OLD_TINY, "stem": "conv", "patch": 8}, augment=True
     ),
