@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from z1.config import lookup
+from z1.config import ConfigError, lookup
 from z1.evaluate import EvalConfig, EvalResult, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
 from z1.presets import rl_preset
@@ -29,6 +29,7 @@ class DemoBudget:
     """Budgets of one demo preset (a `--quick` variant shrinks them)."""
 
     tasks: str
+    policy: str  # policy preset of the SFT stage (z1.config.POLICY_PRESETS)
     episodes_per_task: int  # demonstrations
     sft_steps: int
     sft_batch: int
@@ -43,15 +44,17 @@ class DemoBudget:
 DEMO_PRESETS: dict[str, DemoBudget] = {
     "mw-quick": DemoBudget(
         tasks="mw-quick",
+        policy="laptop",
         episodes_per_task=20,
-        sft_steps=1500,
-        sft_batch=64,
+        # The SFT recipe of bench/sft.py (laptop policy: 47.5% on 50 episodes/task).
+        sft_steps=2000,
+        sft_batch=32,
         eval_episodes=30,
-        # The benchmark's settings (bench/rl.py: +12.0 / +11.5 points after 26 iterations of 3 groups per
-        # task); measured in the demo: +6.7 (drawer-open +20) in 19 min of GRPO. With 2 groups per task and
-        # 12 iterations it measured -4.2 (drawer-open -23), likely Adam's full-size steps on a noisier
-        # gradient of 8 groups.
-        rl_iterations=24,
+        # 3 groups per task as in bench/rl.py (+12.0 / +11.5 after 26 iterations from the old 28% tiny SFT);
+        # 20 iterations keep the demo within 30 minutes beside the laptop policy's longer SFT. Earlier demo
+        # runs (tiny policy): 24 iterations +6.7; 12 iterations of 2 groups per task -4.2, likely Adam's
+        # full-size steps on the noisier gradient of 8 groups.
+        rl_iterations=20,
         groups_per_task=3,
         h_exec=4,
         max_steps=160,
@@ -61,6 +64,7 @@ DEMO_PRESETS: dict[str, DemoBudget] = {
 QUICK = {
     "mw-quick": DemoBudget(
         tasks="mw-quick",
+        policy="laptop",
         episodes_per_task=3,
         sft_steps=60,
         sft_batch=32,
@@ -98,6 +102,8 @@ class DemoConfig:
     """Torch threads of the learner (the env workers take the other core)."""
     seed: int = 0
     """Seed of every stage."""
+    overwrite: bool = False
+    """Allow an existing, non-empty `--out` (its demonstrations and checkpoints are replaced)."""
 
 
 def _machine() -> dict:
@@ -179,6 +185,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     tasks = resolve_tasks(b.tasks)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run = Path(cfg.out or f"runs/demo-{stamp}{'-quick' if cfg.quick else ''}")
+    if run.exists() and any(run.iterdir()) and not cfg.overwrite:
+        raise ConfigError(
+            f"--out {run}: the directory exists and is not empty; choose another --out, or pass --overwrite "
+            "to replace what a previous demo wrote there"
+        )
     run.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     write_json_atomic(
@@ -215,7 +226,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             SFTConfig(
                 dataset=str(dataset),
                 out=str(run),
-                preset="tiny",
+                preset=b.policy,
                 steps=b.sft_steps,
                 batch_size=b.sft_batch,
                 threads=2,

@@ -1,4 +1,4 @@
-"""Named run presets (DESIGN.md "Presets"): GRPO settings per setting, overridable field by field.
+"""Named run presets (docs/algorithm.md#defaults): GRPO settings per setting, overridable field by field.
 
     z1 rl --preset mw-quick --init runs/demo/sft_ckpt            # the laptop default
     z1 rl --preset robocasa24-pi05 --init ckpts/pi05_robocasa --rollout.group-size 8 ...
@@ -31,8 +31,8 @@ RL_PRESETS: dict[str, RLConfig] = {
         lr=5e-5,
         eval_every=10,
         eval_episodes=20,
-        # Groups spread over tasks by sqrt(p (1 - p)) + eps of train success (algorithms.md B.1): the
-        # all-fail pick-place/push groups taught nothing. Measured from a 28-29% SFT (bench/results/rl.md):
+        # Groups spread over tasks by sqrt(p (1 - p)) + eps of train success (docs/algorithm.md#task-sampling)
+        # as all-fail pick-place/push groups taught nothing. From a 28-29% SFT (bench/results/rl.md):
         # tree +12.0/+11.5 (seeds 0/1, 26 it) vs +5.5/+10.5 with uniform; flat +14.5 vs +7.5 (16 it).
         task_sampling=TaskSamplingConfig(mode="uncertain"),
         # Branch half-way through the cap: failures (which run to the cap) save 37.5% of their env steps.
@@ -70,7 +70,7 @@ RL_PRESETS: dict[str, RLConfig] = {
         image_size=64,
         rollout=RolloutConfig(group_size=8, trunks=2, branch_factor=4, h_exec=5, num_steps=5, max_steps=300),
     ),
-    # The paper's setting (algorithms.md B.7 defaults): G=8, K=10, a=0.5, single-random SDE step,
+    # The paper's setting (docs/algorithm.md#defaults): G=8, K=10, a=0.5, single-random SDE step,
     # clip 0.2/0.28, lr 5e-6 on the action expert, D4 rewards with pooled normalization.
     "robocasa24-pi05": RLConfig(
         init="",
