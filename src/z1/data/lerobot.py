@@ -10,6 +10,7 @@ from z1.data.lerobot_read import (
     Episode,
     ImageSequence,
     check_compatible,
+    check_images,
     decode_video_frames,
     open_dataset,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "ImageSequence",
     "LeRobotWriter",
     "check_compatible",
+    "check_images",
     "decode_video_frames",
     "encode_png",
     "make_features",

@@ -160,6 +160,23 @@ def _vector_column(table: pa.Table, name: str, dim: int, where: Path) -> np.ndar
     return flat.reshape(len(col), dim)
 
 
+def _check_finite(
+    values: np.ndarray, column: str, where: Path, episodes: np.ndarray, frames: np.ndarray
+) -> None:
+    """DatasetError naming the file, column and first row of a NaN or infinite value in `values` (n, d)."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad.any(axis=1))
+    r = int(rows[0])
+    raise DatasetError(
+        f"{where}: column {column!r} has non-finite values (NaN or inf) in {len(rows)} row(s); first at "
+        f"row {r} (episode_index {int(episodes[r])}, frame_index {int(frames[r])}), dims "
+        f"{np.flatnonzero(bad[r]).tolist()[:8]}. Training on them would turn the weights into NaN: fix or "
+        "drop these frames"
+    )
+
+
 def _decode_image_bytes(b: bytes | None, path: str | None, root: Path, where: str) -> np.ndarray:
     try:
         if b is None:
@@ -359,10 +376,11 @@ class Dataset:
         offsets = [0]
         for f in files:
             t = _read_parquet(f, columns=vec_cols + idx_cols)
-            for k in vec_cols:
-                parts[k].append(_vector_column(t, k, self._col_dims[k], f))
             for k in idx_cols:
                 parts[k].append(np.asarray(t.column(k).to_numpy()).reshape(-1))
+            for k in vec_cols:
+                parts[k].append(_vector_column(t, k, self._col_dims[k], f))
+                _check_finite(parts[k][-1], k, f, parts["episode_index"][-1], parts["frame_index"][-1])
             offsets.append(offsets[-1] + t.num_rows)
         self._file_offsets = np.asarray(offsets, np.int64)  # (files + 1,)
 
@@ -512,10 +530,19 @@ class Dataset:
                 fs = file_stats.get(col, {})
                 if k not in fs:
                     break
-                v = np.asarray(fs[k], np.float32).reshape(-1)
+                try:
+                    v = np.asarray(fs[k], np.float32).reshape(-1)
+                except (TypeError, ValueError) as e:
+                    raise DatasetError(f"{path}: field '{col}.{k}' is not a list of numbers ({e})") from e
                 if v.shape != (self._col_dims[col],):
                     raise DatasetError(
                         f"{path}: field '{col}.{k}' has {v.size} values, expected {self._col_dims[col]}"
+                    )
+                if not np.isfinite(v).all():
+                    raise DatasetError(
+                        f"{path}: field '{col}.{k}' has non-finite values at dims "
+                        f"{np.flatnonzero(~np.isfinite(v)).tolist()[:8]}; fix the file or use "
+                        "--data.stats exact (statistics computed from the data)"
                     )
                 vals.append(v)
             else:
@@ -669,6 +696,40 @@ def _camera_hint(ds: Dataset, cameras: tuple[str, ...]) -> str:
             "slots."
         )
     return f"Map the dataset's cameras onto the slots with {flag} (dataset:slot pairs, comma-separated)."
+
+
+def check_images(ds: Dataset, cameras: tuple[str, ...] | list[str]) -> None:
+    """Raise DatasetError unless every camera in `cameras` is (y, x, 3) in info.json, all of one size, and
+    the first decoded frame has that shape (what the batches stack)."""
+    info = ds.root / "meta" / "info.json"
+    shapes: dict[str, tuple[int, ...]] = {}
+    for cam in cameras:
+        key = ds._cam_keys.get(cam)
+        if key is None:
+            continue  # check_compatible names missing cameras
+        shape = ds.file_features[key].get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 3
+            or shape[2] != 3
+            or not all(isinstance(v, int) and v > 0 for v in shape)
+        ):
+            raise DatasetError(
+                f"{info}: field 'features.{key}.shape' is {shape!r}; a camera must be [height, width, 3]"
+            )
+        shapes[cam] = tuple(shape)
+        got = ds.frame_images(cam, np.asarray([0]))
+        if tuple(got.shape[1:]) != tuple(shape):
+            raise DatasetError(
+                f"{info}: field 'features.{key}.shape' says {shape} but the stored frames of camera {cam!r} "
+                f"decode to {list(got.shape[1:])}; fix info.json or re-encode the images"
+            )
+    if len(set(shapes.values())) > 1:
+        raise DatasetError(
+            f"{info}: the policy's cameras have different image sizes {shapes}; every camera fed to the "
+            "policy must have the same [height, width, 3] (resize the images, or map other cameras with "
+            "--data.cameras)"
+        )
 
 
 def check_compatible(

@@ -240,6 +240,7 @@ class RobomimicDataset:
         d = self._demos[i]
         g = self._f[f"data/{d.name}"]
         actions = np.asarray(g["actions"][()], np.float32)[:, self._perm]  # (e, d) in z1 order
+        _check_finite(actions, f"{self.path}: 'data/{d.name}/actions'")
         parts = []
         for k in self.state_keys:
             v = np.asarray(g[f"obs/{k}"][()], np.float32)
@@ -247,6 +248,7 @@ class RobomimicDataset:
                 raise DatasetError(
                     f"{self.path}: 'data/{d.name}/obs/{k}' has {v.shape[0]} rows but actions has {d.length}"
                 )
+            _check_finite(v.reshape(d.length, -1), f"{self.path}: 'data/{d.name}/obs/{k}'")
             parts.append(v.reshape(d.length, -1))
         state = np.concatenate(parts, 1) if parts else np.zeros((d.length, 0), np.float32)  # (e, s)
         images = {
@@ -286,6 +288,57 @@ class RobomimicDataset:
     def _key_dim(self, k: str) -> int:
         shp = self._f[f"data/{self._demos[0].name}/obs/{k}"].shape
         return int(np.prod(shp[1:])) if len(shp) > 1 else 1
+
+
+def _check_finite(values: np.ndarray, where: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))
+        raise DatasetError(
+            f"{where} has non-finite values (NaN or inf) in {len(rows)} row(s), first at row {int(rows[0])}; "
+            "training on them would turn the weights into NaN: fix or drop this demo"
+        )
+
+
+def is_hdf5_path(path: str | os.PathLike) -> bool:
+    """True for a file named *.hdf5 / *.h5 (a robomimic demo file), which SFT converts before training."""
+    return Path(path).suffix.lower() in (".hdf5", ".h5")
+
+
+def default_layout(path: str | os.PathLike) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The cameras and state keys SFT reads from a robomimic file when not told otherwise.
+
+    Cameras: every (N, y, x, 3) uint8 `obs/<key>` of the first demo, named `<key>` without its `_image`
+    suffix. State: `ROBOCASA_STATE_KEYS` when the file has them all, else every other numeric `obs/<key>`
+    with one value per frame or a vector of them, in name order."""
+    h5py = _import_h5py()
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: file is missing")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise DatasetError(f"{p}: cannot open as HDF5 (truncated or not HDF5?): {e}") from e
+    with f:
+        names = [k for k in f.get("data", {}) if re.fullmatch(r"demo_\d+", k)]
+        names.sort(key=lambda n: int(n[5:]))
+        if not names:
+            raise DatasetError(f"{p}: no demos (data/demo_N) found")
+        obs = f[f"data/{names[0]}"].get("obs")
+        if obs is None:
+            raise DatasetError(f"{p}: group 'data/{names[0]}/obs' is missing")
+        cams: dict[str, str] = {}
+        others: list[str] = []
+        for k in sorted(obs):
+            ds = obs[k]
+            if not hasattr(ds, "shape"):
+                continue
+            if len(ds.shape) == 4 and ds.shape[3] == 3 and ds.dtype == np.uint8:
+                cams[k.removesuffix("_image")] = k
+            elif len(ds.shape) in (1, 2) and np.issubdtype(ds.dtype, np.number):
+                others.append(k)
+    state = ROBOCASA_STATE_KEYS if all(k in others for k in ROBOCASA_STATE_KEYS) else tuple(others)
+    return cams, state
 
 
 def open_robomimic(

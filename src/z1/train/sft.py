@@ -13,9 +13,11 @@ the single-process step on the global batch. Rank 0 alone writes checkpoints, me
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import ExitStack, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,11 +27,21 @@ import torch.nn.functional as F
 
 from z1.config import ConfigError, PolicyConfig, policy_preset
 from z1.data.chunks import ChunkDataset
-from z1.data.lerobot import check_compatible, open_dataset
+from z1.data.errors import DatasetError
+from z1.data.lerobot import check_compatible, check_images, open_dataset
 from z1.data.mapping import DataConfig
 from z1.data.normalize import normalization_from_dataset
+from z1.data.robomimic import default_layout, is_hdf5_path, open_robomimic
 from z1.distributed.ddp import DistContext, allreduce_grads
-from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
+from z1.errors import RunDirError, TrainingError, check_float, check_int
+from z1.fsutil import check_run_dir
+from z1.models.checkpoint import (
+    TrainStateSpec,
+    load_checkpoint,
+    load_train_state,
+    recover_directory,
+    save_checkpoint,
+)
 from z1.models.pi05 import Pi05Policy, PolicyInputs
 from z1.models.tokenizer import make_tokenizer, tokenize_prompt
 from z1.models.transforms import images_to_model
@@ -43,7 +55,9 @@ class SFTConfig:
     """Flow-matching SFT of a pi0.5-style policy on a LeRobot dataset."""
 
     dataset: str
-    """LeRobotDataset directory (v3.0 or v2.1), e.g. the output of `z1 collect`."""
+    """LeRobotDataset directory (v3.0 or v2.1), e.g. the output of `z1 collect`, or a robomimic HDF5 file
+    (*.hdf5, *.h5; converted to a temporary LeRobot dataset first, cameras named after their obs keys
+    without `_image`; --data.state-key may name the obs keys of the state)."""
     data: DataConfig = field(default_factory=DataConfig)
     """How the dataset's cameras and state/action keys map onto the policy's, and which statistics
     normalize them."""
@@ -85,6 +99,8 @@ class SFTConfig:
     """Seed of model init, batch order, flow noise/time and augmentation."""
     resume: bool = False
     """Continue from `out/sft_ckpt` if it exists (bit-exact on CPU)."""
+    overwrite: bool = False
+    """Replace an earlier SFT run in `out` (its checkpoint and metrics) instead of refusing to start."""
     stop_after: int | None = None
     """Stop (with a checkpoint) after this many steps; the schedule still spans `steps`."""
     eval_every: int = 0
@@ -96,6 +112,33 @@ class SFTConfig:
     ray: Literal["local", "auto"] | None = None
     """Run the periodic evaluation's env slots on Ray actors: local starts a cluster on this machine,
     auto joins a running one (`ray start`); needs `pip install -e '.[ray]'`."""
+
+    def __post_init__(self) -> None:
+        """Every numeric and cross-field limit, before any file is read or written."""
+        check_int(self.steps, "--steps", low=1)
+        check_int(self.batch_size, "--batch-size", low=1)
+        check_float(self.lr, "--lr", low=0.0, low_open=True)
+        check_float(self.final_lr, "--final-lr", low=0.0)
+        check_int(self.warmup, "--warmup", low=0)
+        check_float(self.weight_decay, "--weight-decay", low=0.0)
+        check_float(self.grad_clip, "--grad-clip", low=0.0, low_open=True)
+        check_float(self.ema, "--ema", low=0.0, high=1.0, high_open=True)
+        check_int(self.ckpt_every, "--ckpt-every", low=1)
+        check_int(self.log_every, "--log-every", low=1)
+        check_int(self.threads, "--threads", low=1)
+        check_int(self.seed, "--seed", low=0)
+        check_int(self.eval_every, "--eval-every", low=0)
+        check_int(self.eval_episodes, "--eval-episodes", low=1)
+        if self.stop_after is not None:
+            check_int(self.stop_after, "--stop-after", low=1, high=self.steps)
+        if self.norm not in ("quantile", "meanstd"):
+            raise ConfigError(f"--norm must be quantile or meanstd, got {self.norm!r}")
+        if self.eval_every and not self.eval_tasks:
+            raise ConfigError(f"--eval-every {self.eval_every} needs --eval-tasks (a task set or names)")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+        if not str(self.dataset).strip():
+            raise ConfigError("--dataset is empty; pass a LeRobot dataset directory or a robomimic .hdf5")
 
 
 def camera_images_to_model(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -174,9 +217,94 @@ def _periodic_eval(
     return eval_metrics(res)
 
 
+# Fields a resumed run must share with the run it continues (the others may change on resume).
+RESUME_FIELDS = (
+    "dataset",
+    "data",
+    "preset",
+    "init",
+    "batch_size",
+    "lr",
+    "final_lr",
+    "warmup",
+    "weight_decay",
+)
+RESUME_FIELDS += ("grad_clip", "ema", "augment", "bf16", "norm", "seed")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_mismatches(saved: dict, cfg: dict, fields: tuple[str, ...]) -> list[str]:
+    """'--flag: saved X, now Y' for every field in `fields` (nested dicts flattened with dots) that
+    differs between the saved run config and this one."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    a, b = flat({k: saved[k] for k in fields if k in saved}), flat({k: cfg[k] for k in fields if k in saved})
+    return [
+        f"{_flag(k)}: {a.get(k)!r} in the run, now {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+def _open_sft_dataset(cfg: SFTConfig, stack: ExitStack):
+    """The LeRobot dataset of `cfg.dataset`; a robomimic HDF5 file is converted first into a temporary
+    directory that `stack` removes when training ends."""
+    if not is_hdf5_path(cfg.dataset):
+        path = Path(cfg.dataset)
+        if path.is_file():
+            raise DatasetError(
+                f"--dataset {path} is a file; SFT reads a LeRobot dataset directory or a robomimic HDF5 "
+                "file named *.hdf5 / *.h5"
+            )
+        return open_dataset(path, cfg.data)
+    cams, state_keys = default_layout(cfg.dataset)
+    data = cfg.data
+    if data.state_keys() != ("observation.state",):  # the HDF5 obs keys that make up the state
+        state_keys, data = data.state_keys(), replace(data, state_key="observation.state")
+    if data.action_keys() != ("action",):
+        raise DatasetError(
+            f"--data.action-key {data.action_key!r}: a robomimic file has one action array (data/demo_N/"
+            "actions); leave --data.action-key out"
+        )
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="z1-hdf5-")))
+    with open_robomimic(cfg.dataset, camera_map=cams, state_keys=state_keys) as rm:
+        root = rm.to_lerobot(tmp / "dataset")
+    return open_dataset(root, data)
+
+
 def run_sft(cfg: SFTConfig, console=None, policy: PolicyConfig | None = None) -> dict:
     """Train; `policy` (programmatic callers, e.g. bench/sft.py) replaces the `preset` geometry of a
     fresh model."""
+    with ExitStack() as stack:
+        return _run_sft(cfg, console, policy, stack)
+
+
+def _check_dims(ds, norm, where: str) -> None:
+    """The dataset's state/action dims against the normalization statistics of the starting checkpoint."""
+    for name, got, st, flag in (
+        ("state", ds.state_dim, norm.state, "--data.state-key"),
+        ("action", ds.action_dim, norm.action, "--data.action-key"),
+    ):
+        want = int(np.asarray(st.mean).reshape(-1).shape[0])
+        if got != want:
+            raise DatasetError(
+                f"{ds.root}: the dataset's {name} has {got} dims but {where} was trained on {want}; "
+                f"choose the {name} with {flag}, or start from another checkpoint (--init) or from scratch"
+            )
+
+
+def _run_sft(cfg: SFTConfig, console, policy: PolicyConfig | None, stack: ExitStack) -> dict:
     ctx = DistContext.init_from_env()  # one process unless launched by torchrun
     if cfg.batch_size < ctx.world_size:
         raise ConfigError(
@@ -185,30 +313,60 @@ def run_sft(cfg: SFTConfig, console=None, policy: PolicyConfig | None = None) ->
         )
     out = Path(cfg.out)
     ckpt_dir = out / "sft_ckpt"
-    resume = cfg.resume and (ckpt_dir / "model.safetensors").exists()
-    ds = open_dataset(Path(cfg.dataset), cfg.data)
+    if ctx.is_main:
+        recover_directory(ckpt_dir)  # a save killed between its two renames left only .sft_ckpt.old-*
+    ctx.barrier()
+    has_ckpt = (ckpt_dir / "model.safetensors").exists()
+    if ctx.is_main:
+        check_run_dir(out, "sft", resume=cfg.resume, overwrite=cfg.overwrite)
+        if cfg.resume and not has_ckpt and (out / "sft_metrics.jsonl").exists():
+            raise RunDirError(
+                f"--resume: {out} has sft_metrics.jsonl but no checkpoint {ckpt_dir}; there is nothing to "
+                "continue from. Pass --overwrite to start the run again, or choose another --out"
+            )
+    resume = cfg.resume and has_ckpt
+    init_loaded = load_checkpoint(Path(cfg.init)) if cfg.init else None  # also: a bad --init fails early
+    if resume:
+        extra_path = ckpt_dir / "extra.json"
+        saved = json.loads(extra_path.read_text()).get("sft_config") if extra_path.is_file() else None
+        if isinstance(saved, dict):
+            diff = resume_mismatches(saved, asdict(cfg), RESUME_FIELDS)
+            if diff:
+                raise ConfigError(
+                    f"--resume: {ckpt_dir} was trained with other settings: "
+                    + "; ".join(diff)
+                    + ". Resume with the run's settings, or start a new run (another --out, or --overwrite)"
+                )
+    ds = _open_sft_dataset(cfg, stack)
     tokenizer: Path | None = None  # a SentencePiece file stored with the checkpoint we start from
     if resume:
         loaded = load_checkpoint(ckpt_dir)
         model, norm, tokenizer = loaded.model, loaded.norm, loaded.tokenizer_path
         fresh = policy or policy_preset(cfg.preset)
-        expected = load_checkpoint(Path(cfg.init)).config.name if cfg.init else fresh.name
+        expected = init_loaded.config.name if init_loaded is not None else fresh.name
         if model.config.name != expected:
             raise ConfigError(
                 f"{ckpt_dir / 'config.json'}: field 'preset' is {model.config.name!r} but this run asks for "
                 f"{expected!r}; resume with the same --preset/--init, or choose another --out"
             )
-    elif cfg.init:
-        loaded = load_checkpoint(Path(cfg.init))
+        if norm is None:
+            raise ConfigError(f"{ckpt_dir}: has no norm_stats.json; it was not written by `z1 sft`")
+        _check_dims(ds, norm, f"the checkpoint {ckpt_dir}")
+    elif init_loaded is not None:
+        loaded = init_loaded
+        if loaded.norm is not None:
+            _check_dims(ds, loaded.norm, f"--init {cfg.init}")
         model, norm = loaded.model, loaded.norm or normalization_from_dataset(ds, cfg.norm)
         tokenizer = loaded.tokenizer_path
     else:
         torch.manual_seed(cfg.seed)
         model = Pi05Policy(policy or policy_preset(cfg.preset))
         norm = normalization_from_dataset(ds, cfg.norm)
+    del init_loaded
     ctx.broadcast_params(model)  # identical starting weights on every rank
     pc = model.config
     check_compatible(ds, cameras=pc.cameras, state_dim=None, action_dim=None, max_action_dim=pc.action_dim)
+    check_images(ds, pc.cameras)
     chunks = ChunkDataset(ds, pc.action_horizon, pc.action_dim, norm, pc.cameras)
     data = SFTData(chunks, make_tokenizer(pc, tokenizer), pc.max_token_len, pc.vision.image_size)
 
@@ -239,7 +397,7 @@ def run_sft(cfg: SFTConfig, console=None, policy: PolicyConfig | None = None) ->
             logger.truncate_after(start)
 
     def save(step: int) -> None:
-        extra = {"stage": "sft", "step": step, "dataset": str(cfg.dataset)}
+        extra = {"stage": "sft", "step": step, "dataset": str(cfg.dataset), "sft_config": asdict(cfg)}
         tensors: dict[str, torch.Tensor] = {}
         raw = None
         if ema is not None:  # the checkpoint holds the EMA weights; the raw ones ride along for resume
@@ -286,10 +444,17 @@ def run_sft(cfg: SFTConfig, console=None, policy: PolicyConfig | None = None) ->
             # DDP: the mean over every rank's action entries, not a mean of per-rank means.
             synced = allreduce_grads(model.parameters(), mask.float().sum(), {"loss": float(loss.detach())})
             gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            assert synced is not None
+            if not (np.isfinite(float(synced["loss"])) and np.isfinite(gnorm)):
+                raise TrainingError(
+                    f"step {step + 1}: the loss is {float(synced['loss'])} and the gradient norm {gnorm}; "
+                    "training stopped before this step was taken, and nothing of it was saved (an earlier "
+                    f"checkpoint in {ckpt_dir} is intact). Check the dataset for extreme values, or lower "
+                    "--lr / raise --warmup"
+                )
             optimizer.step()
             if ema is not None:
                 ema.update(model)
-            assert synced is not None
             last_loss = float(synced["loss"])
             losses.append(last_loss)
             n_last += cfg.batch_size
