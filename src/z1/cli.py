@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import tyro
+
+from z1.errors import LimitError, check_float, check_int
 
 
 def _process_setup(threads: int | None = None) -> None:
@@ -56,6 +59,13 @@ class CollectCmd:
     seed: int = 0
     """First episode seed."""
 
+    def __post_init__(self) -> None:
+        check_int(self.episodes, "--episodes", low=1)
+        check_float(self.noise, "--noise", low=0.0)
+        check_int(self.image_size, "--image-size", low=8, high=4096)
+        check_int(self.workers, "--workers", low=0)
+        check_int(self.seed, "--seed", low=0)
+
 
 @dataclass(frozen=True)
 class EvalCmd:
@@ -88,6 +98,19 @@ class EvalCmd:
     threads: int = 1
     """Torch threads."""
 
+    def __post_init__(self) -> None:
+        check_int(self.episodes, "--episodes", low=1)
+        check_int(self.h_exec, "--h-exec", low=1)
+        check_int(self.num_steps, "--num-steps", low=1)
+        if self.max_steps is not None:
+            check_int(self.max_steps, "--max-steps", low=1)
+        check_int(self.num_slots, "--num-slots", low=1)
+        check_int(self.workers, "--workers", low=0)
+        check_int(self.videos, "--videos", low=0)
+        check_int(self.threads, "--threads", low=1)
+        if self.out is not None and Path(self.out).is_dir():
+            raise LimitError(f"--out {self.out} is a directory; pass the path of the JSON file to write")
+
 
 @dataclass(frozen=True)
 class ReportCmd:
@@ -115,6 +138,8 @@ class ImportCmd:
     accept: tuple[str, ...] = ()
     """Source config fields whose effect z1 does not implement (the import names them when it stops),
     to import anyway; the accepted differences are recorded in the checkpoint's extra.json."""
+    overwrite: bool = False
+    """Replace DST if it already exists and is not empty (otherwise the import refuses to start)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +161,10 @@ class EnvsCheckCmd:
     noise: float = 0.1
     """Action noise std."""
 
+    def __post_init__(self) -> None:
+        check_int(self.seeds, "--seeds", low=1)
+        check_float(self.noise, "--noise", low=0.0)
+
 
 @dataclass(frozen=True)
 class EnvsShowCmd:
@@ -144,6 +173,9 @@ class EnvsShowCmd:
     task: tyro.conf.Positional[str]
     out: str = "runs/show"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int(self.seed, "--seed", low=0)
 
 
 def _cmd_collect(c: CollectCmd) -> None:
@@ -197,7 +229,14 @@ def _cmd_eval(c: EvalCmd) -> None:
     _process_setup(c.threads)
     console = Console()
     loaded = load_checkpoint(Path(c.checkpoint))
+    if not 1 <= c.h_exec <= loaded.config.action_horizon:
+        raise LimitError(
+            f"--h-exec {c.h_exec} must be in 1..{loaded.config.action_horizon}, the action horizon of "
+            f"{c.checkpoint}"
+        )
     tasks = resolve_tasks(c.tasks)
+    if not tasks:
+        raise LimitError(f"--tasks {c.tasks!r} names no task")
     venv = make_vector_env(
         suite_for(c.tasks, c.suite), c.num_slots, c.workers, loaded.model.config.vision.image_size, c.ray
     )
@@ -240,9 +279,20 @@ def _cmd_report(c: ReportCmd) -> None:
 def _cmd_import(c: ImportCmd) -> None:
     from pathlib import Path
 
+    from z1.errors import RunDirError
     from z1.models.checkpoint import CheckpointError
     from z1.models.pi05_import import import_cli
 
+    dst = Path(c.dst)
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"{dst} is a file; DST must be a directory to create")
+    if dst.is_dir() and any(dst.iterdir()) and not c.overwrite:
+        raise RunDirError(
+            f"{dst} exists and is not empty; `z1 import` would replace it. Choose a new DST, or pass "
+            "--overwrite to replace it"
+        )
+    if Path(c.src).expanduser().resolve() == dst.expanduser().resolve():
+        raise CheckpointError(f"SRC and DST are the same directory ({dst}); choose another DST")
     _process_setup(None)
     try:
         import_cli(
@@ -254,7 +304,7 @@ def _cmd_import(c: ImportCmd) -> None:
             accept=c.accept,
         )
     except CheckpointError as e:
-        raise SystemExit(f"z1 import: {e}") from None
+        raise CheckpointError(str(e)) from e
 
 
 def _cmd_envs(c) -> None:
@@ -264,23 +314,101 @@ def _cmd_envs(c) -> None:
     if isinstance(c, EnvsListCmd):
         print(commands.list_tasks(c.suite))
     elif isinstance(c, EnvsCheckCmd):
-        from z1.envs.registry import task_set
+        from z1.train.setup import resolve_tasks
 
-        tasks = None
-        if c.tasks:
-            tasks = (
-                [t for t in c.tasks.split(",")]
-                if "," in c.tasks or c.tasks.endswith("-v3")
-                else task_set(c.tasks)
-            )
+        tasks = resolve_tasks(c.tasks) if c.tasks else None
         commands.check_experts(c.suite, tasks, c.seeds, c.noise)
     else:
         for p in commands.show_task(c.task, c.out, c.seed):
             print(p)
 
 
+def _known_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage errors: exit 2, other user-facing errors: exit 1), imported lazily."""
+    from z1.config import ConfigError
+    from z1.envs.base import EnvError
+    from z1.envs.render import RenderError
+    from z1.envs.vector import EnvWorkerError
+    from z1.errors import LimitError, Z1Error
+    from z1.rl.grpo import GRPOError
+    from z1.rl.params import SelectiveError
+    from z1.rl.reward import RewardError
+    from z1.rollout.tree import TreeError
+
+    usage: tuple[type[BaseException], ...] = (ConfigError, LimitError)
+    other: tuple[type[BaseException], ...] = (Z1Error, EnvError, RenderError, EnvWorkerError, GRPOError)
+    other += (SelectiveError, RewardError, TreeError)
+    try:
+        from z1.data.normalize import StatsError
+        from z1.distributed.cluster import RayUnavailableError
+
+        other += (StatsError, RayUnavailableError)
+    except ImportError:  # pragma: no cover - optional pieces
+        pass
+    return usage, other
+
+
+def describe_error(e: BaseException) -> tuple[int, str] | None:
+    """(exit code, message) for an error the user can fix, None for an unexpected one (a bug)."""
+    import json
+
+    usage, other = _known_errors()
+    if isinstance(e, usage):
+        return 2, str(e)
+    if isinstance(e, other):
+        return 1, str(e)
+    if isinstance(e, OSError) and e.filename is not None:
+        return 1, f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, json.JSONDecodeError):
+        return 1, f"invalid JSON ({e}); the file named in the traceback (--debug) is damaged"
+    if isinstance(e, MemoryError):
+        return 1, "out of memory; lower --batch-size, --num-slots or the model size"
+    try:
+        from safetensors import SafetensorError
+
+        if isinstance(e, SafetensorError):
+            return 1, f"a safetensors file is unreadable ({e}); it is truncated or not safetensors"
+    except ImportError:  # pragma: no cover
+        pass
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
+    """`z1 ...`: run a command; an error is printed as one message (exit 1, 2 for a bad flag), with the
+    traceback only under --debug or Z1_DEBUG=1."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("Z1_DEBUG", "").strip() not in ("", "0") or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    cmd = " ".join(a for a in argv[:2] if not a.startswith("-")) if argv[:1] == ["envs"] else argv[:1]
+    prog = f"z1 {cmd if isinstance(cmd, str) else ' '.join(cmd)}".strip()
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SystemExit:
+        raise
+    except Exception as e:
+        if debug:
+            raise
+        known = describe_error(e)
+        if known is None:
+            print(
+                f"{prog}: internal error: {type(e).__name__}: {e}\n"
+                "This is a bug in z1; rerun with --debug (or Z1_DEBUG=1) for the traceback and report it.",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
+        code, msg = known
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        if code == 2:
+            print(f"See `{prog} --help` for the flags.", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
+def _main(argv: list[str]) -> None:
     from z1.demo import DemoConfig
     from z1.train.rl import RLConfig
     from z1.train.sft import SFTConfig
@@ -315,7 +443,11 @@ def main(argv: list[str] | None = None) -> None:
         "envs": EnvsListCmd,  # `z1 envs list|check|show` is dispatched above; this entry is its --help line
     }
     cmd = tyro.extras.subcommand_cli_from_dict(
-        subcommands, prog="z1", args=argv, description="z1: efficient RL post-training of flow VLA policies"
+        subcommands,
+        prog="z1",
+        args=argv,
+        description="z1: efficient RL post-training of flow VLA policies. Errors are one message; add "
+        "--debug (or set Z1_DEBUG=1) to see the traceback.",
     )
     if isinstance(cmd, CollectCmd):
         _cmd_collect(cmd)

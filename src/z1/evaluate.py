@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from z1.envs.vector import EnvWorkerError
+from z1.errors import check_int
 from z1.rollout.runner import PolicyRunner
 
 EVAL_SEED_BASE = 100_000  # eval seeds never overlap demonstration (0..) or RL training seeds (10_000..)
@@ -31,6 +32,14 @@ class EvalConfig:
     num_steps: int = 10  # denoise steps K (ODE)
     max_steps: int | None = None  # cap on env steps per episode (default: the env's limit)
     videos_per_task: int = 0  # record the first N episodes of each task as frame lists
+
+    def __post_init__(self) -> None:
+        check_int(self.episodes_per_task, "--episodes", low=1)
+        check_int(self.seed_base, "seed_base", low=0)
+        check_int(self.num_steps, "--num-steps", low=1)
+        if self.max_steps is not None:
+            check_int(self.max_steps, "--max-steps", low=1)
+        check_int(self.videos_per_task, "--videos", low=0)
 
 
 @dataclass

@@ -48,22 +48,32 @@ def list_tasks(suite: str | None = None) -> str:
 
 def check_experts(
     suite: str,
-    tasks: Sequence[str],
-    seeds: Sequence[int],
+    tasks: Sequence[str] | None,
+    seeds: Sequence[int] | int,
     noise: float = 0.1,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the scripted expert (plus Gaussian noise of std `noise`, clipped to the bounds) on every
     task x seed until success or the time limit, without rendering. Prints a per-task table.
 
+    `tasks` None: every task of the suite; `seeds` an int n: seeds 0..n-1.
+
     Returns {"suite", "noise", "seeds", "tasks": {task: {"success_rate", "successes", "episodes",
     "median_steps_to_success"}}}.
     """
     console = console or Console()
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise EnvError(f"--seeds must be >= 1, got {seeds}")
+        seeds = range(seeds)
+    if noise < 0:
+        raise EnvError(f"--noise must be >= 0, got {noise}")
     env = make_env(suite, render=False)
     known = env.tasks()
+    tasks = list(known) if tasks is None else list(tasks)
     for task in tasks:
         if task not in known:
+            env.close()
             raise unknown_task_error(task, known, suite)
     low, high = np.asarray(env.spec.action_low), np.asarray(env.spec.action_high)
     results: dict[str, Any] = {}

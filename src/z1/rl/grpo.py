@@ -60,6 +60,13 @@ class GRPOConfig:
     log_ratio_clamp: float = 20.0
 
     def __post_init__(self) -> None:
+        from z1.errors import check_float
+
+        check_float(self.log_ratio_clamp, "--grpo.log-ratio-clamp", low=0.0, low_open=True)
+        if self.kl_target is not None:
+            check_float(self.kl_target, "--grpo.kl-target", low=0.0, low_open=True)
+        if self.adv_clip is not None:
+            check_float(self.adv_clip, "--grpo.adv-clip", low=0.0, low_open=True)
         if not (0.0 < self.clip_low < 1.0 and self.clip_high > 0.0):
             raise GRPOError(f"need 0 < clip_low < 1 and clip_high > 0, got {self.clip_low}, {self.clip_high}")
         if self.dual_clip is not None and self.dual_clip <= 1.0:

@@ -76,6 +76,12 @@ class SelectiveConfig:
             raise SelectiveError(
                 f"SelectiveConfig.mode must be 'expert', 'expert+top_vlm' or 'lora', got {self.mode!r}"
             )
+        from z1.errors import check_float, check_int
+
+        check_int(self.lora_rank, "--selective.lora-rank", low=1)
+        check_float(self.lora_alpha, "--selective.lora-alpha", low=0.0, low_open=True)
+        check_float(self.lr_vlm_scale, "--selective.lr-vlm-scale", low=0.0)
+        check_float(self.weight_decay, "--selective.weight-decay", low=0.0)
         if self.top_k < 0 or (self.lora_layers is not None and self.lora_layers < 0):
             raise SelectiveError(f"top_k and lora_layers must be >= 0, got {self.top_k}, {self.lora_layers}")
 

@@ -56,6 +56,11 @@ class RewardConfig:
     length_window: int = 512
 
     def __post_init__(self) -> None:
+        from z1.errors import check_float, check_int
+
+        check_float(self.range_delta, "--reward.range-delta", low=0.0)
+        check_float(self.t_min_quantile, "--reward.t-min-quantile", low=0.0, high=1.0)
+        check_int(self.length_window, "--reward.length-window", low=1)
         if self.kind not in ("D0", "D1", "D4"):
             raise RewardError(f"RewardConfig.kind must be 'D0', 'D1' or 'D4', got {self.kind!r}")
         if self.norm not in ("pooled", "group", "none"):

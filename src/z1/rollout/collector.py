@@ -92,6 +92,26 @@ class RolloutConfig:
     learner then samples what actors would. Always on with inference='actors'."""
 
     def __post_init__(self) -> None:
+        from z1.errors import check_float, check_int
+
+        check_int(self.group_size, "--rollout.group-size", low=2)
+        check_int(self.trunks, "--rollout.trunks", low=1)
+        check_int(self.branch_factor, "--rollout.branch-factor", low=1)
+        if self.branch_at is not None:
+            check_int(self.branch_at, "--rollout.branch-at", low=1)
+        if self.branch_frac is not None:
+            check_float(
+                self.branch_frac, "--rollout.branch-frac", low=0.0, high=1.0, low_open=True, high_open=True
+            )
+        check_int(self.h_exec, "--rollout.h-exec", low=1)
+        check_int(self.num_steps, "--rollout.num-steps", low=1)
+        check_float(self.noise_level, "--rollout.noise-level", low=0.0, low_open=True)
+        check_int(self.window, "--rollout.window", low=1)
+        if self.stochastic == "window" and self.window > self.num_steps:
+            raise ValueError(
+                f"--rollout.window {self.window} is longer than --rollout.num-steps {self.num_steps}"
+            )
+        check_int(self.max_steps, "--rollout.max-steps", low=1)
         if self.mode not in ("tree", "flat"):
             raise ValueError(f"RolloutConfig.mode must be 'tree' or 'flat', got {self.mode!r}")
         if self.inference not in ("learner", "actors"):

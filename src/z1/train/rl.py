@@ -13,6 +13,7 @@ per-task reward statistics, and iteration i's env seeds are a function of i.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,9 +25,17 @@ import torch
 from z1.config import ConfigError
 from z1.distributed.ddp import DistContext, allreduce_grads
 from z1.distributed.ddp import current as current_dist
+from z1.errors import RunDirError, TrainingError, check_float, check_int
 from z1.evaluate import EvalConfig, EvalResult, eval_metrics, evaluate, markdown_table
-from z1.fsutil import write_json_atomic
-from z1.models.checkpoint import TrainStateSpec, load_checkpoint, load_train_state, save_checkpoint
+from z1.fsutil import check_run_dir, write_json_atomic
+from z1.models.checkpoint import (
+    TrainStateSpec,
+    load_checkpoint,
+    load_train_state,
+    read_config,
+    recover_directory,
+    save_checkpoint,
+)
 from z1.models.sampling import exec_mask, recompute_logprob, sample_chunk, time_grid
 from z1.rl.grpo import (
     GRPOConfig,
@@ -85,6 +94,8 @@ class RLConfig:
     """Base seed of every RNG of the run."""
     resume: bool = False
     """Continue from `out/rl_ckpt` if it exists (bit-exact on CPU)."""
+    overwrite: bool = False
+    """Replace an earlier GRPO run in `out` (its checkpoint and metrics) instead of refusing to start."""
     max_minutes: float | None = None
     """Stop after the iteration that crosses this wall-clock budget."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -104,6 +115,37 @@ class RLConfig:
     streams, seeded by (seed, iteration, wave), so a wave's rollouts do not depend on the process that
     collects it. None: on under torchrun (required there), off in one process (one run-wide stream, as
     before). A one-process run with --wave-rng True equals a torchrun run with the same --num-slots."""
+
+    def __post_init__(self) -> None:
+        """Every numeric and cross-field limit, before a checkpoint is loaded or an env started."""
+        check_int(self.iterations, "--iterations", low=1)
+        check_int(self.groups_per_task, "--groups-per-task", low=1)
+        check_float(self.lr, "--lr", low=0.0, low_open=True)
+        check_float(self.grad_clip, "--grad-clip", low=0.0, low_open=True)
+        check_int(self.eval_every, "--eval-every", low=0)
+        check_int(self.eval_episodes, "--eval-episodes", low=0)
+        check_int(self.num_slots, "--num-slots", low=1)
+        check_int(self.workers, "--workers", low=0)
+        check_int(self.threads, "--threads", low=1)
+        check_int(self.seed, "--seed", low=0)
+        check_int(self.image_size, "--image-size", low=8, high=4096)
+        check_int(self.calibration_episodes, "--calibration-episodes", low=0)
+        if self.max_minutes is not None:
+            check_float(self.max_minutes, "--max-minutes", low=0.0, low_open=True)
+        if self.num_slots < self.rollout.group_size:
+            raise ConfigError(
+                f"--num-slots {self.num_slots} is smaller than --rollout.group-size "
+                f"{self.rollout.group_size}; a group's members run side by side, so raise --num-slots or "
+                "lower the group size"
+            )
+        if self.rollout.inference == "actors" and self.ray is None:
+            raise ConfigError(
+                "--rollout.inference actors runs the policy in Ray env actors: add --ray local|auto"
+            )
+        if self.eval_every and not self.eval_episodes:
+            raise ConfigError(f"--eval-every {self.eval_every} needs --eval-episodes >= 1")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
 
 
 def group_plan(
@@ -228,7 +270,14 @@ def grpo_update(
             st = allreduce_grads(model.parameters(), total, st)  # DDP: global term-weighted mean; else no-op
             st["ratio/std"] = ratio_std(st)  # from the (reduced) moments
             gn = grad_norms_by_group(groups)
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            total_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+            loss_total = float(st.get("loss/total", 0.0))
+            if not (np.isfinite(total_norm) and np.isfinite(loss_total)):
+                raise TrainingError(
+                    f"GRPO update, epoch {epoch + 1} minibatch {mb + 1}: the loss is {loss_total} and the "
+                    f"gradient norm {total_norm}; stopped before this optimizer step, nothing of this "
+                    "iteration was saved (the last checkpoint is intact). Lower --lr or check the rewards"
+                )
             optimizer.step()
             out["update/steps"] += 1
             if epoch == 0 and mb == 0:
@@ -406,6 +455,71 @@ def _check_distributed(cfg: RLConfig, ctx: DistContext) -> bool:
     return wave_rng
 
 
+# Fields that may change when a run is resumed; every other RLConfig field must match the run's.
+RESUME_FREE = ("iterations", "out", "resume", "overwrite", "eval_every", "eval_episodes", "workers", "ray")
+RESUME_FREE += ("threads", "max_minutes", "calibration_episodes")
+
+
+def _init_hash(init: Path) -> str | None:
+    """The weights hash recorded in the --init checkpoint's config.json (None for older checkpoints)."""
+    try:
+        doc = json.loads((init / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    hashes = doc.get("sha256") if isinstance(doc, dict) else None
+    return hashes.get("model.safetensors") if isinstance(hashes, dict) else None
+
+
+def check_resume(cfg: RLConfig, ckpt_dir: Path) -> None:
+    """ConfigError naming every flag of `cfg` that differs from the run saved in `ckpt_dir` (checkpoints
+    written before z1 recorded the run config are resumed unchecked)."""
+    path = ckpt_dir / "extra.json"
+    extra = json.loads(path.read_text()) if path.is_file() else {}
+    saved = extra.get("rl_config")
+    if not isinstance(saved, dict):
+        return
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as saved
+    diff = []
+    for k in sorted(set(saved) | set(now)):
+        if k in RESUME_FREE:
+            continue
+        a, b = saved.get(k), now.get(k)
+        same_dir = k == "init" and a is not None and b is not None
+        if same_dir and Path(a).expanduser().resolve() == Path(b).expanduser().resolve():
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff += [
+                f"--{k}.{j.replace('_', '-')}: {a.get(j)!r} in the run, now {b.get(j)!r}"
+                for j in sorted(set(a) | set(b))
+                if a.get(j) != b.get(j)
+            ]
+        elif a != b:
+            diff.append(f"--{k.replace('_', '-')}: {a!r} in the run, now {b!r}")
+    old_hash, new_hash = extra.get("init_sha256"), _init_hash(Path(cfg.init))
+    if old_hash and new_hash and old_hash != new_hash and not any(d.startswith("--init:") for d in diff):
+        diff.append(f"--init: {cfg.init} holds other weights than when the run started (its hash changed)")
+    if diff:
+        raise ConfigError(
+            f"--resume: {ckpt_dir} belongs to a run with other settings: "
+            + "; ".join(diff)
+            + ". Resume with the run's settings, or start a new run (another --out, or --overwrite)"
+        )
+
+
+def _check_against_policy(cfg: RLConfig, pc) -> None:
+    """Limits that depend on the starting policy, checked before any env starts or calibration runs."""
+    ro = cfg.rollout
+    if ro.h_exec < 1 or ro.h_exec > pc.action_horizon:
+        raise ConfigError(
+            f"--rollout.h-exec {ro.h_exec} must be in 1..{pc.action_horizon} (the action horizon of --init "
+            f"{cfg.init})"
+        )
+    if ro.num_steps < 1:
+        raise ConfigError(f"--rollout.num-steps must be >= 1, got {ro.num_steps}")
+    if ro.max_steps < ro.h_exec:
+        raise ConfigError(f"--rollout.max-steps {ro.max_steps} is shorter than one chunk (--rollout.h-exec)")
+
+
 def run_rl(cfg: RLConfig, console=None) -> dict:
     """The GRPO loop. Returns a summary dict (also written to `out/rl_summary.json`).
 
@@ -421,9 +535,24 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     if ctx.is_distributed:  # fail before any work, on every rank alike
         _check_waves(cfg.groups_per_task * len(tasks), cfg.num_slots // cfg.rollout.group_size, cfg, ctx)
     out = Path(cfg.out)
+    ckpt_dir = out / "rl_ckpt"
+    if ctx.is_main:
+        recover_directory(ckpt_dir)  # a save killed between its two renames left only .rl_ckpt.old-*
+        check_run_dir(out, "rl", resume=cfg.resume, overwrite=cfg.overwrite)
+        if (
+            cfg.resume
+            and not (ckpt_dir / "model.safetensors").exists()
+            and (out / "rl_metrics.jsonl").exists()
+        ):
+            raise RunDirError(
+                f"--resume: {out} has rl_metrics.jsonl but no checkpoint {ckpt_dir}; there is nothing to "
+                "continue from. Pass --overwrite to start the run again, or choose another --out"
+            )
+    ctx.barrier()
+    init_cfg = read_config(Path(cfg.init))  # a bad --init fails before anything else
+    _check_against_policy(cfg, init_cfg)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / "rl_ckpt"
     found = (ckpt_dir / "model.safetensors").exists()
     if cfg.resume and len(set(ctx.all_gather_object(found))) > 1:
         raise RuntimeError(
@@ -431,10 +560,12 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
             "be on a filesystem that all nodes share"
         )
     resume = cfg.resume and found
+    if resume:
+        check_resume(cfg, ckpt_dir)
     loaded = load_checkpoint(ckpt_dir if resume else Path(cfg.init))
     model = loaded.model
     if loaded.norm is None:
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint {cfg.init} has no normalization stats (norm_stats.json); run `z1 sft` first"
         )
     ctx.broadcast_params(model)  # identical weights on every rank (they read the same file)
@@ -481,7 +612,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
             "sde", cfg.rollout.num_steps, cfg.rollout.noise_level, cfg.rollout.stochastic, cfg.rollout.window
         )
         eval_cfg = EvalConfig(
-            episodes_per_task=cfg.eval_episodes,
+            episodes_per_task=max(1, cfg.eval_episodes),  # unused with --eval-episodes 0
             num_steps=cfg.rollout.num_steps,
             max_steps=cfg.rollout.max_steps,
         )
@@ -603,7 +734,13 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     torch_generators={"main": generator},
                     numpy_rngs={"main": rng},
                 )
-                extra = {**(loaded.extra or {}), "stage": "rl", "iteration": it}
+                extra = {
+                    **(loaded.extra or {}),
+                    "stage": "rl",
+                    "iteration": it,
+                    "rl_config": asdict(cfg),
+                    "init_sha256": _init_hash(Path(cfg.init)),
+                }
                 tok = loaded.tokenizer_path
                 save_checkpoint(ckpt_dir, model, loaded.norm, extra=extra, train_state=spec, tokenizer=tok)
                 progress.update(

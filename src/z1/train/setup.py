@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -14,6 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from z1.config import ConfigError
 from z1.envs.registry import all_task_sets, suite_of_task_set, task_set
 from z1.models.tokenizer import make_tokenizer
 from z1.models.transforms import ObservationEncoder
@@ -61,9 +63,34 @@ def make_vector_env(suite: str, num_slots: int, workers: int, image_size: int, r
 def build_runner(
     model, norm, spec: EnvSpec, h_exec: int, share_prefix: bool = True, tokenizer_path: str | None = None
 ) -> PolicyRunner:
-    """The acting policy for `spec`; `tokenizer_path` is the SentencePiece file real checkpoints need."""
+    """The acting policy for `spec`; `tokenizer_path` is the SentencePiece file real checkpoints need.
+
+    Refuses (ConfigError) a checkpoint whose state/action dims or action horizon do not fit the env."""
+    check_fits_env(model.config, norm, spec, h_exec)
     encoder = ObservationEncoder(model.config, norm, make_tokenizer(model.config, tokenizer_path))
     return PolicyRunner(model, encoder, norm, spec, h_exec, share_prefix=share_prefix)
+
+
+def check_fits_env(pc, norm, spec: EnvSpec, h_exec: int) -> None:
+    """ConfigError unless the policy `pc` with statistics `norm` can act in `spec` executing `h_exec`."""
+    if not 1 <= h_exec <= pc.action_horizon:
+        raise ConfigError(
+            f"--h-exec {h_exec} must be in 1..{pc.action_horizon}, the checkpoint's action horizon"
+        )
+    if spec.action_dim > pc.action_dim:
+        raise ConfigError(
+            f"the {spec.suite} env has {spec.action_dim} action dims but the checkpoint's policy has "
+            f"{pc.action_dim}; use a checkpoint trained for this suite"
+        )
+    if norm is None:
+        return
+    for name, got, st in (("state", spec.state_dim, norm.state), ("action", spec.action_dim, norm.action)):
+        want = int(np.asarray(st.mean).reshape(-1).shape[0])
+        if want != got:
+            raise ConfigError(
+                f"the checkpoint's normalization statistics have {want} {name} dims but the {spec.suite} env "
+                f"has {got}; the checkpoint was trained on another robot or suite (check --suite / --tasks)"
+            )
 
 
 @contextmanager
