@@ -357,8 +357,8 @@ def describe_error(e: BaseException) -> tuple[int, str] | None:
         return 2, str(e)
     if isinstance(e, other):
         return 1, str(e)
-    if isinstance(e, OSError) and e.filename is not None:
-        return 1, f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, OSError):
+        return 1, f"{e.filename}: {e.strerror or e}" if e.filename is not None else str(e)
     if isinstance(e, json.JSONDecodeError):
         return 1, f"invalid JSON ({e}); the file named in the traceback (--debug) is damaged"
     if isinstance(e, MemoryError):

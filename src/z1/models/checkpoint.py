@@ -362,9 +362,9 @@ def save_checkpoint(
 
 
 def _read_config_doc(p: Path, check_policy: bool = True) -> dict[str, Any]:
+    if not p.exists():
+        recover_directory(p)  # a save killed between its two renames leaves only .NAME.old-*
     if not (p / CONFIG_FILE).is_file():
-        if not p.exists():
-            recover_directory(p)  # a save killed between its two renames leaves only .NAME.old-*
         if not p.exists():
             raise _missing_dir_error(p.absolute(), "z1 checkpoint")
         if not p.is_dir():
