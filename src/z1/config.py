@@ -12,8 +12,10 @@ import difflib
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from z1.errors import Z1Error
 
-class ConfigError(__import__("z1.errors").errors.Z1Error, ValueError):  # base: z1.errors.Z1Error
+
+class ConfigError(Z1Error, ValueError):
     """A bad preset name or an invalid combination of options."""
 
 

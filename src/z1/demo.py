@@ -232,6 +232,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                 threads=2,
                 seed=cfg.seed,
                 ckpt_every=max(1, b.sft_steps),
+                overwrite=cfg.overwrite,
             ),
             console,
         )
@@ -261,6 +262,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             workers=cfg.workers,
             threads=cfg.threads,
             seed=cfg.seed,
+            overwrite=cfg.overwrite,
             rollout=replace(preset.rollout, h_exec=b.h_exec, max_steps=b.max_steps, num_steps=b.num_steps),
         )
         summary = run_rl(rl_cfg, console)

@@ -64,7 +64,7 @@ class GRPOConfig:
 
         check_float(self.log_ratio_clamp, "--grpo.log-ratio-clamp", low=0.0, low_open=True)
         if self.kl_target is not None:
-            check_float(self.kl_target, "--grpo.kl-target", low=0.0, low_open=True)
+            check_float(self.kl_target, "--grpo.kl-target", low=0.0)  # 0: stop after the first epoch
         if self.adv_clip is not None:
             check_float(self.adv_clip, "--grpo.adv-clip", low=0.0, low_open=True)
         if not (0.0 < self.clip_low < 1.0 and self.clip_high > 0.0):
