@@ -396,10 +396,14 @@ def test_conventions_survive_save_and_load_and_old_files_default(tmp_path: Path)
     assert back.norm.conventions.relative_action_dims == ()
     assert back.norm.conventions.camera_rename == (("top", "image"),)
     assert back.extra["rename_map_ignored"] == {"observation.arm": "observation.state"}
-    # a norm_stats.json written before conventions existed: openpi rules
+    # a norm_stats.json written before conventions existed (and before checkpoints carried hashes):
+    # openpi rules
     doc = json.loads((tmp_path / "z1" / "norm_stats.json").read_text())
     del doc["conventions"]
     (tmp_path / "z1" / "norm_stats.json").write_text(json.dumps(doc))
+    cfg_doc = json.loads((tmp_path / "z1" / "config.json").read_text())
+    cfg_doc.pop("sha256", None)
+    (tmp_path / "z1" / "config.json").write_text(json.dumps(cfg_doc))
     assert ck.load_checkpoint(tmp_path / "z1").norm.conventions == Conventions()
     with pytest.raises(ValueError, match="unknown field"):
         Conventions.from_json({"resize": "float-bilinear", "antialias": False})

@@ -20,7 +20,7 @@ from z1.errors import LimitError, check_float, check_int
 def _process_setup(threads: int | None = None) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-    # Spin-waiting OpenMP threads next to simulator processes once cost 10x (metaworld.md).
+    # Spin-waiting OpenMP threads next to simulator processes once cost 10x (docs/environments.md#threads).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 

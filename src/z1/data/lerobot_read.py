@@ -1,4 +1,4 @@
-"""LeRobotDataset reader for v3.0 and v2.1 directories (pi05.md §6).
+"""LeRobotDataset reader for v3.0 and v2.1 directories (docs/model.md#datasets).
 
 `open_dataset(root, data)` reads `meta/info.json`, picks the layout from `codebase_version`, loads the
 numeric columns it needs (state, action, indices) into memory and leaves images encoded: `image` features

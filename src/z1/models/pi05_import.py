@@ -68,7 +68,7 @@ class KeyPlan:
 
 
 def plan_keys(file_keys: list[str]) -> KeyPlan:
-    """Map the keys of an openpi/LeRobot pi0.5 safetensors file to z1 names (pi05.md §5.2-5.3)."""
+    """Map the keys of an openpi/LeRobot pi0.5 safetensors file to z1 names (docs/model.md#key-mapping)."""
     canon: dict[str, str] = {}
     for k in file_keys:
         c = K.canonical_openpi_key(k)

@@ -174,7 +174,7 @@ def c_med_by_task(stats: TaskTimeStats, tasks: list[str], h_exec: int, max_steps
 
 
 def step_std(step_ids: torch.Tensor, sampler) -> torch.Tensor:
-    """Transition std s_k of the Flow-SDE at each stored step (algorithms.md A.2): (n, j) -> (n, j)."""
+    """Transition std s_k of the Flow-SDE at each stored step (docs/algorithm.md#flow-sde-step): (n, j) -> (n, j)."""
     grid = time_grid(sampler.num_steps)
     t, t_next = grid[step_ids], grid[step_ids + 1]
     t_tilde = torch.where(t >= 1.0, grid[1], t)
@@ -219,7 +219,7 @@ def grpo_update(
     """Epochs x minibatches of optimizer steps on the trainable chunks of one rollout batch.
 
     With `cfg.kl_beta > 0`, `ref_model` (the frozen initial policy) adds the exact per-step Gaussian KL
-    between the current and the reference step means (algorithms.md B.4) to the loss.
+    between the current and the reference step means (docs/algorithm.md#kl-to-a-reference) to the loss.
 
     Data-parallel (z1.distributed.ddp, torchrun): `batch` holds this rank's chunks. The trainable rows of
     all ranks, in rank order, form the global list that one process would hold; every rank draws the same
