@@ -1,4 +1,6 @@
-"""RoboCasa / robomimic HDF5 demonstration reader (docs/environments.md#robocasa-demonstrations). Needs h5py (extra `robomimic`).
+"""RoboCasa / robomimic HDF5 demonstration reader (docs/environments.md#robocasa-demonstrations).
+
+Needs h5py (extra `robomimic`).
 
 Layout read:
     data                 attrs env_args = JSON {env_name, env_kwargs, ...}

@@ -174,7 +174,7 @@ def c_med_by_task(stats: TaskTimeStats, tasks: list[str], h_exec: int, max_steps
 
 
 def step_std(step_ids: torch.Tensor, sampler) -> torch.Tensor:
-    """Transition std s_k of the Flow-SDE at each stored step (docs/algorithm.md#flow-sde-step): (n, j) -> (n, j)."""
+    """Flow-SDE transition std s_k at each stored step: (n, j) -> (n, j) (docs/algorithm.md#flow-sde-step)."""
     grid = time_grid(sampler.num_steps)
     t, t_next = grid[step_ids], grid[step_ids + 1]
     t_tilde = torch.where(t >= 1.0, grid[1], t)
