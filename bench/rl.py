@@ -28,7 +28,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sft-run", default="runs/bench-sft-mw-quick", help="bench/sft.py run directory")
+    ap.add_argument(
+        "--sft-run",
+        default="runs/bench-sft-mw-quick/conv16",
+        help="a bench/sft.py variant directory (conv16 = the laptop preset)",
+    )
     ap.add_argument("--minutes", type=float, default=20.0, help="GRPO wall-clock budget per tree run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--flat", action="store_true", help="also run flat GRPO (seed 0) for comparison")
