@@ -88,48 +88,31 @@ class PolicyConfig:
         return replace(self, **kw)
 
 
+# Chosen for 2 CPU cores: 2 cameras at 64x64, 16x16 patches -> 16 tokens per camera, a short
+# word-level prompt, a narrow MoT. See bench/policy.py for the measured training rate.
+_TINY = PolicyConfig(
+    name="tiny",
+    vision=VisionConfig(width=64, depth=2, mlp_dim=128, num_heads=2, patch=16, image_size=64),
+    vlm=GemmaConfig(width=64, depth=3, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32),
+    expert=GemmaConfig(width=32, depth=3, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=32),
+    vocab_size=1024,
+    cameras=("scene", "wrist"),
+    max_token_len=32,
+    action_dim=8,
+    action_horizon=8,
+    tokenizer="builtin",
+)
+
+
 POLICY_PRESETS: dict[str, PolicyConfig] = {
     "pi05": PolicyConfig(),
-    # Chosen for 2 CPU cores: 2 cameras at 64x64, 16x16 patches -> 16 tokens per camera, a short
-    # word-level prompt, a narrow MoT. See bench/policy.py for the measured training rate.
-    "tiny": PolicyConfig(
-        name="tiny",
-        vision=VisionConfig(width=64, depth=2, mlp_dim=128, num_heads=2, patch=16, image_size=64),
-        vlm=GemmaConfig(width=64, depth=3, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32),
-        expert=GemmaConfig(width=32, depth=3, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=32),
-        vocab_size=1024,
-        cameras=("scene", "wrist"),
-        max_token_len=32,
-        action_dim=8,
-        action_horizon=8,
-        tokenizer="builtin",
-    ),
+    "tiny": _TINY,
     # The embedded default (demo, mw-quick): `tiny` with a convolutional stem (3 stride-2 3x3 convs, 16-32-64
     # channels, then a 1x1 to the 64-wide ViT) on the same 16-token-per-camera grid. Measured side by side
     # (bench/results/sft_mw-quick.md, 2000 SFT steps x 32, 50 episodes/task): 47.5% vs 28.0% for `tiny`
     # (+19.5 [+12.7, +26.3] paired); 8-px patches (64 tokens) gave only +4.5 at twice the training cost, and
     # augmentation (+0.5) or 50 instead of 20 demonstrations per task (-7.0) did not help.
-    "laptop": PolicyConfig(
-        name="laptop",
-        vision=VisionConfig(
-            width=64,
-            depth=2,
-            mlp_dim=128,
-            num_heads=2,
-            patch=16,
-            image_size=64,
-            stem="conv",
-            stem_channels=16,
-        ),
-        vlm=GemmaConfig(width=64, depth=3, mlp_dim=128, num_heads=2, num_kv_heads=1, head_dim=32),
-        expert=GemmaConfig(width=32, depth=3, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=32),
-        vocab_size=1024,
-        cameras=("scene", "wrist"),
-        max_token_len=32,
-        action_dim=8,
-        action_horizon=8,
-        tokenizer="builtin",
-    ),
+    "laptop": replace(_TINY, name="laptop", vision=replace(_TINY.vision, stem="conv", stem_channels=16)),
     "small": PolicyConfig(
         name="small",
         vision=VisionConfig(width=384, depth=6, mlp_dim=1536, num_heads=6, patch=16, image_size=128),

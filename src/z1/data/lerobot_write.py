@@ -31,10 +31,11 @@ PNG compress level 6): 5.0 KB per frame for the "corner" scene camera and 4.1 KB
 and action are negligible). Uniform random noise (the worst case) is 12.4 KB per frame. Encoding costs
 0.85 ms per 64x64 frame (level 1: 0.5 ms, +4% bytes; level 9: 5 ms, -0.3%).
 
-Atomic: everything goes into `<root>.tmp-XXXX` next to `root`, files are fsynced, and the directory is renamed
-to `root` only by a successful `close()` (the context manager's exit). An exception inside the `with` block,
-or a failing `close()`, removes the temporary directory, so nothing is ever left at `root`. Permissions are
-the usual ones for the process umask (0o755 directories and 0o644 files under umask 022).
+Atomic: everything goes into `<root>.tmp-<random suffix>` next to `root`, files are fsynced, and the
+directory is renamed to `root` only by a successful `close()` (the context manager's exit). An exception
+inside the `with` block, or a failing `close()`, removes the temporary directory, so nothing is ever left
+at `root`. Permissions are the usual ones for the process umask (0o755 directories and 0o644 files under
+umask 022).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _make_temp_dir(parent: Path, prefix: str) -> Path:
         except FileExistsError:
             continue
         return path
-    raise DatasetError(f"{parent}: cannot create a temporary directory {prefix}XXXX")
+    raise DatasetError(f"{parent}: cannot create a temporary directory named {prefix}<random suffix>")
 
 
 def _integral_fps(fps: float) -> int:
