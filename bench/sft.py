@@ -49,6 +49,7 @@ class Variant:
 # The levers of the issue, one or two at a time against `base` (the old tiny preset, frozen here so that
 # the comparison survives preset changes). conv8 = a conv stem down to an 8x8 grid (64 tokens per camera).
 _OLD_TINY = {"patch": 16, "image_size": 64, "stem": "patch"}
+_CONV16 = {**_OLD_TINY, "stem": "conv", "stem_channels": 16}
 VARIANTS: dict[str, Variant] = {
     "base": Variant("old tiny: 64 px, 16-px patches (16 tokens/camera), patch stem", vision=_OLD_TINY),
     "p8": Variant("8-px patches (64 tokens/camera)", vision={**_OLD_TINY, "patch": 8}),
@@ -108,6 +109,13 @@ VARIANTS: dict[str, Variant] = {
         "conv8, twice the SFT steps", vision={**_OLD_TINY, "stem": "conv", "patch": 8}, steps=4000
     ),
     "conv8-lr": Variant("conv8, peak lr 1e-3", vision={**_OLD_TINY, "stem": "conv", "patch": 8}, lr=1e-3),
+    # Around the laptop preset (conv16): one lever at a time at the same ~8-minute SFT budget, plus the
+    # longer SFT that shows how far the budget itself holds the policy back.
+    "conv16-lr": Variant("conv16, peak lr 1e-3", vision=_CONV16, lr=1e-3),
+    "conv16-c32": Variant("conv16 with 32-64-128 stem channels", vision={**_CONV16, "stem_channels": 32}),
+    "conv16-96": Variant("conv16 at 96 px (36 tokens/camera)", vision={**_CONV16, "image_size": 96}),
+    "conv16-long": Variant("conv16, twice the SFT steps (4000)", vision=_CONV16, steps=4000),
+    "conv16-b64": Variant("conv16, batch 64 at half the steps (1000)", vision=_CONV16, batch=64, steps=1000),
     "tiny": Variant("the tiny preset as it is now (no changes)"),
     "small": Variant("the small preset as it is now (no changes)", preset="small", batch=32),
 }
