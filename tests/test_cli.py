@@ -72,6 +72,26 @@ def test_eval_writes_table_and_json(tmp_path, capsys):
     assert "| button-press-topdown-v3 |" in text and "average" in text
 
 
+@pytest.mark.sim
+def test_eval_defaults_to_the_checkpoints_inference_steps(tmp_path, capsys):
+    """An imported checkpoint that records its source's `num_inference_steps` is evaluated with that K
+    unless --num-steps says otherwise; without a record K is the sampler's default, 10."""
+    from dataclasses import replace
+
+    from z1.types import Conventions
+
+    torch.manual_seed(0)
+    model = Pi05Policy(policy_preset("tiny"))
+    norm = replace(identity_norm(), conventions=Conventions(source="lerobot", num_inference_steps=3))
+    recorded = save_checkpoint(tmp_path / "recorded", model, norm)
+    plain = save_checkpoint(tmp_path / "plain", model, identity_norm())
+    common = ["--tasks", "reach-v3", "--episodes", "1", "--max-steps", "4", "--num-slots", "1"]
+    common += ["--workers", "0"]
+    for ckpt, extra, want in ((recorded, [], 3), (recorded, ["--num-steps", "2"], 2), (plain, [], 10)):
+        main(["eval", "--checkpoint", str(ckpt), *common, *extra, "--out", str(tmp_path / "e.json")])
+        assert f"(ODE, K={want}," in capsys.readouterr().out.replace("\n", "")
+
+
 def test_sft_cli_maps_a_dataset_from_elsewhere(tmp_path):
     """The real `z1 sft` command in a subprocess: the --data.* flags reach run_sft; without them the run
     stops with the message naming the dataset's features and the flag."""

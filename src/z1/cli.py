@@ -83,8 +83,9 @@ class EvalCmd:
     """Write the JSON result here (default: <checkpoint>/../eval.json)."""
     h_exec: int = 4
     """Actions executed per chunk."""
-    num_steps: int = 10
-    """Denoise steps K of the ODE sampler."""
+    num_steps: int | None = None
+    """Denoise steps K of the ODE sampler (default: the steps the checkpoint's source samples with, e.g.
+    `num_inference_steps` of an imported LeRobot pi0.5; 10, openpi's default, when it records none)."""
     max_steps: int | None = None
     """Episode cap in env steps (default: the env's limit)."""
     num_slots: int = 8
@@ -101,7 +102,8 @@ class EvalCmd:
     def __post_init__(self) -> None:
         check_int(self.episodes, "--episodes", low=1)
         check_int(self.h_exec, "--h-exec", low=1)
-        check_int(self.num_steps, "--num-steps", low=1)
+        if self.num_steps is not None:
+            check_int(self.num_steps, "--num-steps", low=1)
         if self.max_steps is not None:
             check_int(self.max_steps, "--max-steps", low=1)
         check_int(self.num_slots, "--num-slots", low=1)
@@ -237,6 +239,7 @@ def _cmd_eval(c: EvalCmd) -> None:
     tasks = resolve_tasks(c.tasks)
     if not tasks:
         raise LimitError(f"--tasks {c.tasks!r} names no task")
+    num_steps = eval_num_steps(c.num_steps, loaded.conventions)
     venv = make_vector_env(
         suite_for(c.tasks, c.suite), c.num_slots, c.workers, loaded.model.config.vision.image_size, c.ray
     )
@@ -246,7 +249,7 @@ def _cmd_eval(c: EvalCmd) -> None:
         )
         cfg = EvalConfig(
             episodes_per_task=c.episodes,
-            num_steps=c.num_steps,
+            num_steps=num_steps,
             max_steps=c.max_steps,
             videos_per_task=c.videos,
         )
@@ -263,8 +266,20 @@ def _cmd_eval(c: EvalCmd) -> None:
         from z1.media import save_videos
 
         save_videos(result.frames, out.parent / "videos", prefix="eval")
-    console.print(markdown_table(result, f"{c.checkpoint} (ODE, {c.episodes} episodes per task)"))
+    console.print(
+        markdown_table(result, f"{c.checkpoint} (ODE, K={num_steps}, {c.episodes} episodes per task)")
+    )
     console.print(f"wrote {out}")
+
+
+def eval_num_steps(flag: int | None, conventions) -> int:
+    """--num-steps if given, else the denoise steps the checkpoint's source samples with, else the
+    sampler's default (10, as openpi's sample_actions)."""
+    from z1.config import SamplerConfig
+
+    if flag is not None:
+        return flag
+    return conventions.num_inference_steps or SamplerConfig().num_steps
 
 
 def _cmd_report(c: ReportCmd) -> None:
