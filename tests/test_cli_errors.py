@@ -28,6 +28,7 @@ from z1.data.lerobot import open_dataset
 from z1.data.normalize import normalization_from_dataset
 from z1.models import checkpoint as ck
 from z1.models.pi05 import Pi05Policy
+from z1.train import state as ts
 
 Z1 = Path(sys.executable).with_name("z1")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl", "Z1_DEBUG": ""}
@@ -406,6 +407,7 @@ KILL_WRITER = textwrap.dedent(
     from z1.config import policy_preset
     from z1.models import checkpoint as ck
     from z1.models.pi05 import Pi05Policy
+    from z1.train import state as ts
     torch.manual_seed(0)
     model = Pi05Policy(policy_preset("tiny"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -415,7 +417,7 @@ KILL_WRITER = textwrap.dedent(
         i += 1
         with torch.no_grad():
             model.action_out_proj.bias.fill_(float(i))
-        spec = ck.TrainStateSpec(opt, meta={"step": i})
+        spec = ts.TrainStateSpec(opt, meta={"step": i})
         ck.save_checkpoint(sys.argv[1], model, extra={"step": i}, train_state=spec)
     """
 )
@@ -444,7 +446,7 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path)
         step = loaded.extra["step"]
         assert float(loaded.model.action_out_proj.bias[0].detach()) == float(step)
         opt = torch.optim.AdamW(loaded.model.parameters(), lr=1e-3)
-        assert ck.load_train_state(dst / "train_state", opt).meta["step"] == step
+        assert ts.load_train_state(dst / "train_state", opt).meta["step"] == step
     print(
         f"kills leaving debris: {sum(d > 0 for d, _ in seen)}/20; without {dst.name}: "
         f"{sum(not e for _, e in seen)}/20"

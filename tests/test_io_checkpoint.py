@@ -10,7 +10,10 @@ import torch
 from torch import nn
 
 import z1.models.checkpoint as ck
+import z1.train.state as ts
 from z1.config import GemmaConfig, PolicyConfig, VisionConfig, policy_preset
+from z1.models.config_json import policy_config_from_json, policy_config_to_json
+from z1.models.errors import CheckpointError
 from z1.models.pi05 import Pi05Policy
 from z1.types import FeatureStats, Normalization
 
@@ -45,11 +48,11 @@ def norm(d: int = 3) -> Normalization:
 
 def test_config_json_round_trip():
     for cfg in (policy_preset("pi05"), policy_preset("tiny"), policy_preset("small"), MICRO):
-        js = json.loads(json.dumps(ck.policy_config_to_json(cfg)))
-        back = ck.policy_config_from_json(js)
+        js = json.loads(json.dumps(policy_config_to_json(cfg)))
+        back = policy_config_from_json(js)
         assert back == cfg and isinstance(back.cameras, tuple) and isinstance(back.vision, VisionConfig)
-    with pytest.raises(ck.CheckpointError, match="unknown field"):
-        ck.policy_config_from_json({**ck.policy_config_to_json(MICRO), "widht": 3})
+    with pytest.raises(CheckpointError, match="unknown field"):
+        policy_config_from_json({**policy_config_to_json(MICRO), "widht": 3})
 
 
 def test_z1_checkpoint_round_trip_bitwise(tmp_path):
@@ -83,22 +86,22 @@ def test_atomic_replace_and_failure_keeps_previous(tmp_path, monkeypatch):
     assert ck.load_checkpoint(dst).extra == {"v": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no .tmp-/.old- leftovers
 
-    real = ck._write_json
+    real = ck.write_json
 
     def failing(path, data):
         if path.name == "config.json":
             raise OSError("disk full (simulated)")
         real(path, data)
 
-    monkeypatch.setattr(ck, "_write_json", failing)
+    monkeypatch.setattr(ck, "write_json", failing)
     with pytest.raises(OSError, match="disk full"):
         ck.save_checkpoint(dst, m1, extra={"v": 3})
-    monkeypatch.setattr(ck, "_write_json", real)
+    monkeypatch.setattr(ck, "write_json", real)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     back = ck.load_checkpoint(dst)
     assert back.extra == {"v": 2}
     assert all(torch.equal(a, b) for a, b in zip(back.model.state_dict().values(), m2.state_dict().values()))
-    with pytest.raises(ck.CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         ck.load_checkpoint(tmp_path / "missing")
 
 
@@ -108,7 +111,7 @@ def test_load_checkpoint_wrong_shape_names_key(tmp_path):
     cfg["policy"]["expert"]["mlp_dim"] = 20
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(
-        ck.CheckpointError, match=r"layers\.0\.expert\.mlp\.gate\.weight.*\(24, 16\).*\(20, 16\)"
+        CheckpointError, match=r"layers\.0\.expert\.mlp\.gate\.weight.*\(24, 16\).*\(20, 16\)"
     ):
         ck.load_checkpoint(tmp_path / "c")
 
@@ -152,7 +155,7 @@ def test_train_state_resume_is_bit_identical(tmp_path):
     for _ in range(3):
         train_step(net, opt, gen, rng)
     weights = {k: v.clone() for k, v in net.state_dict().items()}
-    ck.save_train_state(
+    ts.save_train_state(
         tmp_path / "ts",
         opt,
         {"ema.a.weight": net.a.weight.detach() * 2},
@@ -168,7 +171,7 @@ def test_train_state_resume_is_bit_identical(tmp_path):
     net2.load_state_dict(weights)
     opt2 = make_opt(net2)
     gen2, rng2 = torch.Generator().manual_seed(123), np.random.default_rng(0)
-    st = ck.load_train_state(
+    st = ts.load_train_state(
         tmp_path / "ts", opt2, torch_generators={"noise": gen2}, numpy_rngs={"env": rng2}
     )
     assert st.meta == {"step": 3, "betas_seen": (0.9, 0.95), "name": "run"}
@@ -179,10 +182,10 @@ def test_train_state_resume_is_bit_identical(tmp_path):
     for k in want:
         assert torch.equal(want[k], net2.state_dict()[k]), k
 
-    with pytest.raises(ck.CheckpointError, match="parameters do not match"):
-        ck.load_train_state(tmp_path / "ts", torch.optim.AdamW(nn.Linear(2, 2).parameters()))
-    with pytest.raises(ck.CheckpointError, match="holds a AdamW"):
-        ck.load_train_state(tmp_path / "ts", torch.optim.SGD(Net().parameters(), lr=0.1))
+    with pytest.raises(CheckpointError, match="parameters do not match"):
+        ts.load_train_state(tmp_path / "ts", torch.optim.AdamW(nn.Linear(2, 2).parameters()))
+    with pytest.raises(CheckpointError, match="holds a AdamW"):
+        ts.load_train_state(tmp_path / "ts", torch.optim.SGD(Net().parameters(), lr=0.1))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
@@ -192,11 +195,11 @@ def test_checkpoint_with_train_state_is_one_atomic_unit(tmp_path, monkeypatch):
     model.action_out_proj.weight.sum().backward()
     opt.step()
     gen = torch.Generator().manual_seed(1)
-    spec = ck.TrainStateSpec(opt, meta={"step": 1}, torch_generators={"g": gen})
+    spec = ts.TrainStateSpec(opt, meta={"step": 1}, torch_generators={"g": gen})
     ck.save_checkpoint(tmp_path / "c", model, train_state=spec)
-    assert (tmp_path / "c" / "train_state" / ck.TRAIN_JSON).is_file()
+    assert (tmp_path / "c" / "train_state" / ts.TRAIN_JSON).is_file()
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    st = ck.load_train_state(tmp_path / "c" / "train_state", opt2)
+    st = ts.load_train_state(tmp_path / "c" / "train_state", opt2)
     assert st.meta == {"step": 1}
     p = model.action_out_proj.weight
     assert torch.equal(opt2.state[p]["exp_avg"], opt.state[p]["exp_avg"])
@@ -205,12 +208,12 @@ def test_checkpoint_with_train_state_is_one_atomic_unit(tmp_path, monkeypatch):
     def boom(directory, spec):
         raise OSError("interrupted (simulated)")
 
-    monkeypatch.setattr(ck, "_write_train_state_files", boom)
+    monkeypatch.setattr(ts, "_write_train_state_files", boom)
     with pytest.raises(OSError, match="interrupted"):
         ck.save_checkpoint(
-            tmp_path / "c", randomized(MICRO, 4), train_state=ck.TrainStateSpec(opt, meta={"step": 2})
+            tmp_path / "c", randomized(MICRO, 4), train_state=ts.TrainStateSpec(opt, meta={"step": 2})
         )
     monkeypatch.undo()
     assert sorted(q.name for q in tmp_path.iterdir()) == ["c"]
     assert torch.equal(ck.load_checkpoint(tmp_path / "c").model.action_out_proj.weight, p.detach())
-    assert ck.load_train_state(tmp_path / "c" / "train_state", opt2).meta == {"step": 1}
+    assert ts.load_train_state(tmp_path / "c" / "train_state", opt2).meta == {"step": 1}

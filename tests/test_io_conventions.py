@@ -29,6 +29,7 @@ from test_io_import import SMALL, synthetic_tensors, write_lerobot, write_openpi
 from z1.config import GemmaConfig, PolicyConfig, SamplerConfig, VisionConfig, policy_preset
 from z1.data.chunks import ChunkDataset
 from z1.data.lerobot import LeRobotWriter, make_features, open_dataset
+from z1.models.errors import CheckpointError
 from z1.models.gemma import apply_rope, rope_tables
 from z1.models.pi05 import Pi05Policy, PolicyInputs
 from z1.models.pi05_import import import_cli, import_pi05, import_summary
@@ -369,7 +370,7 @@ def test_import_records_conventions_by_source(tmp_path: Path):
     c3 = import_pi05(_lerobot(tmp_path, "pre", {"use_relative_actions": False}, pre, post)).norm.conventions
     assert c3.relative_action_dims == (0, 1, 2, 3, 4, 6) and c3.norm_eps == 1e-5
     post_off = [{"registry_name": "absolute_actions_processor", "config": {"enabled": False}}]
-    with pytest.raises(ck.CheckpointError, match="absolute_actions_processor"):
+    with pytest.raises(CheckpointError, match="absolute_actions_processor"):
         import_pi05(_lerobot(tmp_path, "incons", None, pre, post_off))
     # a relative state must cover the action dims
     small_state = {
@@ -379,7 +380,7 @@ def test_import_records_conventions_by_source(tmp_path: Path):
             "observation.state": {"type": "STATE", "shape": [3]},
         },
     }
-    with pytest.raises(ck.CheckpointError, match=r"observation\.state\.shape"):
+    with pytest.raises(CheckpointError, match=r"observation\.state\.shape"):
         import_pi05(_lerobot(tmp_path, "short", small_state))
 
 
@@ -424,7 +425,7 @@ def test_camera_renames_reach_the_model_slots(tmp_path: Path):
     assert x.image_mask.tolist() == [[True, True, False]]
     np.testing.assert_allclose(x.images[0, 0].double().numpy(), brute_resize(top, 16, False), atol=FLOAT_TOL)
     np.testing.assert_allclose(x.images[0, 1].double().numpy(), brute_resize(hand, 16, False), atol=FLOAT_TOL)
-    with pytest.raises(ck.CheckpointError, match="not one of the policy's cameras"):
+    with pytest.raises(CheckpointError, match="not one of the policy's cameras"):
         import_pi05(
             _lerobot(
                 tmp_path, "bad", pre_steps=_steps(rename={"observation.images.a": "observation.images.b"})
@@ -440,7 +441,7 @@ def test_fields_z1_cannot_honour_stop_the_import_by_name(tmp_path: Path):
         ("rtc_config", {"enabled": True, "execution_horizon": 10}),
     ):
         root = _lerobot(tmp_path, field, {field: value})
-        with pytest.raises(ck.CheckpointError, match=rf"{field}.*--accept {field}"):
+        with pytest.raises(CheckpointError, match=rf"{field}.*--accept {field}"):
             import_pi05(root)
         got = import_pi05(root, accept=[field])
         assert field in got.extra["accepted"]
@@ -452,23 +453,23 @@ def test_fields_z1_cannot_honour_stop_the_import_by_name(tmp_path: Path):
         "some_future_field",
         "use_xyz",
     ]
-    with pytest.raises(ck.CheckpointError, match="no such difference"):
+    with pytest.raises(CheckpointError, match="no such difference"):
         import_pi05(_lerobot(tmp_path, "typo"), accept=["use_proprioceptive_memry"])
     # mixed state/action modes change the prompt: refused unless accepted
     mixed = {"normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "QUANTILES"}}
-    with pytest.raises(ck.CheckpointError, match=r"normalization_mapping\.STATE"):
+    with pytest.raises(CheckpointError, match=r"normalization_mapping\.STATE"):
         import_pi05(_lerobot(tmp_path, "mixed", mixed))
     assert (
         import_pi05(_lerobot(tmp_path, "mixed2", mixed), accept=["normalization_mapping.STATE"]).norm.mode
         == "quantile"
     )
     # a config that does not fit its weights
-    with pytest.raises(ck.CheckpointError, match=r"image_resolution \[224, 224\].*16x16"):
+    with pytest.raises(CheckpointError, match=r"image_resolution \[224, 224\].*16x16"):
         import_pi05(_lerobot(tmp_path, "res", {"image_resolution": [224, 224]}))
     write_openpi(tmp_path / "op", synthetic_tensors(SMALL))
     cfg = json.loads((tmp_path / "op" / "config.json").read_text())
     (tmp_path / "op" / "config.json").write_text(json.dumps({**cfg, "action_dim": 32}))
-    with pytest.raises(ck.CheckpointError, match="action_dim is 32"):
+    with pytest.raises(CheckpointError, match="action_dim is 32"):
         import_pi05(tmp_path / "op")
 
 

@@ -19,7 +19,9 @@ from safetensors.torch import save_file
 import z1.models.checkpoint as ck
 from fakes import tiny_sentencepiece
 from z1.config import GemmaConfig, PolicyConfig, VisionConfig, policy_preset
+from z1.models.errors import CheckpointError
 from z1.models.pi05 import Pi05Policy, PolicyInputs
+from z1.models.pi05_import import import_cli, import_pi05, infer_policy_config, plan_keys
 from z1.models.pi05_keys import z1_to_openpi
 
 
@@ -252,7 +254,7 @@ def run_forward(model: Pi05Policy) -> torch.Tensor:
 def test_import_openpi_layout(tmp_path):
     tensors = synthetic_tensors(SMALL)
     write_openpi(tmp_path / "op", tensors)
-    got = ck.import_pi05(tmp_path / "op")
+    got = import_pi05(tmp_path / "op")
     assert got.config == small_config(horizon=7).with_(name="pi05-imported")
     assert_loaded_equals_source(got.model, tensors)
     assert got.extra["source"] == "openpi" and got.extra["unexpected_keys"] == []
@@ -264,13 +266,13 @@ def test_import_openpi_layout(tmp_path):
     )
     assert run_forward(got.model).shape == (2, 7, 12)
     # horizon override, and the weights file given directly
-    assert ck.import_pi05(tmp_path / "op" / "model.safetensors", action_horizon=3).config.action_horizon == 3
+    assert import_pi05(tmp_path / "op" / "model.safetensors", action_horizon=3).config.action_horizon == 3
 
 
 def test_import_lerobot_layout_and_save(tmp_path):
     tensors = synthetic_tensors(SMALL, seed=1)
     write_lerobot(tmp_path / "lr", tensors)
-    got = ck.import_pi05(tmp_path / "lr")
+    got = import_pi05(tmp_path / "lr")
     assert_loaded_equals_source(got.model, tensors)
     cfg = got.config
     assert cfg.cameras == ("image", "image2", "empty_camera_0") and cfg.max_token_len == 48
@@ -282,12 +284,12 @@ def test_import_lerobot_layout_and_save(tmp_path):
         assert np.array_equal(got.norm.action.q01, f.get_tensor("action.q01").numpy())
         assert np.array_equal(got.norm.state.std, f.get_tensor("observation.state.std").numpy())
     # import -> z1 checkpoint -> load: identical
-    with pytest.raises(ck.CheckpointError, match="--tokenizer"):  # SentencePiece config, no tokenizer file
-        ck.import_cli(tmp_path / "lr", tmp_path / "z1", show_progress=False)
+    with pytest.raises(CheckpointError, match="--tokenizer"):  # SentencePiece config, no tokenizer file
+        import_cli(tmp_path / "lr", tmp_path / "z1", show_progress=False)
     assert not (tmp_path / "z1").exists()
     pytest.importorskip("sentencepiece")
     sp = tiny_sentencepiece(tmp_path)
-    ck.import_cli(tmp_path / "lr", tmp_path / "z1", tokenizer=sp, show_progress=False)
+    import_cli(tmp_path / "lr", tmp_path / "z1", tokenizer=sp, show_progress=False)
     back = ck.load_checkpoint(tmp_path / "z1")
     assert back.config == cfg and back.extra["real_action_dim"] == 7
     # the tokenizer travels with the checkpoint: every later stage tokenizes the same way
@@ -316,15 +318,15 @@ def test_full_size_mapping_matches_pi05_preset():
     assert sorted(set(expected) - set(mapped)) == [] and sorted(set(mapped) - set(expected)) == []
     assert mapped == expected
     # file keys -> z1 plan: zero missing, zero unexpected; geometry inferred = the pi05 preset
-    plan = ck.plan_keys(list(file_shapes))
+    plan = plan_keys(list(file_shapes))
     assert plan.unexpected == [] and set(plan.source) == set(model_shapes)
     assert all(file_shapes[plan.source[k]] == s for k, s in model_shapes.items())
-    cfg = ck.infer_policy_config(file_shapes, plan, action_horizon=10)
+    cfg = infer_policy_config(file_shapes, plan, action_horizon=10)
     assert cfg == policy_preset("pi05").with_(action_horizon=10)
     # docs/model.md#parameter-count
     assert sum(int(np.prod(s)) for s in model_shapes.values()) == 3_353_433_872
     # LeRobot prefix
-    plan_lr = ck.plan_keys([f"model.{k}" for k in file_shapes])
+    plan_lr = plan_keys([f"model.{k}" for k in file_shapes])
     assert plan_lr.prefixed and set(plan_lr.source) == set(model_shapes)
 
 
@@ -334,28 +336,26 @@ def test_import_errors(tmp_path):
     key = "paligemma_with_expert.paligemma.model.language_model.layers.1.mlp.up_proj.weight"
     bad[key] = torch.zeros(95, 64, dtype=torch.bfloat16)
     write_openpi(tmp_path / "shape", bad)
-    with pytest.raises(ck.CheckpointError, match=r"layers\.1\.mlp\.up_proj\.weight.*\(95, 64\).*\(96, 64\)"):
-        ck.import_pi05(tmp_path / "shape")
+    with pytest.raises(CheckpointError, match=r"layers\.1\.mlp\.up_proj\.weight.*\(95, 64\).*\(96, 64\)"):
+        import_pi05(tmp_path / "shape")
 
     missing = dict(tensors)
     del missing["paligemma_with_expert.gemma_expert.model.layers.1.self_attn.v_proj.weight"]
     write_openpi(tmp_path / "missing", missing)
-    with pytest.raises(
-        ck.CheckpointError, match=r"1 missing key.*layers\.1\.expert\.attn\.v\.weight.*v_proj"
-    ):
-        ck.import_pi05(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match=r"1 missing key.*layers\.1\.expert\.attn\.v\.weight.*v_proj"):
+        import_pi05(tmp_path / "missing")
 
     extra = {**tensors, "paligemma_with_expert.mystery.weight": torch.zeros(2)}
     write_openpi(tmp_path / "extra", extra)
-    with pytest.raises(ck.CheckpointError, match="mystery"):
-        ck.import_pi05(tmp_path / "extra")
+    with pytest.raises(CheckpointError, match="mystery"):
+        import_pi05(tmp_path / "extra")
     with pytest.warns(UserWarning, match="mystery"):
-        ck.import_pi05(tmp_path / "extra", strict=False)
+        import_pi05(tmp_path / "extra", strict=False)
 
     pi0 = {k: v for k, v in tensors.items() if "time_mlp" not in k and ".dense." not in k}
     pi0["state_proj.weight"] = torch.zeros(32, 12)
     write_openpi(tmp_path / "pi0", pi0)
-    with pytest.raises(ck.CheckpointError, match="pi0 is not supported"):
-        ck.import_pi05(tmp_path / "pi0")
-    with pytest.raises(ck.CheckpointError, match="model.safetensors"):
-        ck.import_pi05(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="pi0 is not supported"):
+        import_pi05(tmp_path / "pi0")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        import_pi05(tmp_path / "nowhere")

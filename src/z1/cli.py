@@ -295,7 +295,7 @@ def _cmd_import(c: ImportCmd) -> None:
     from pathlib import Path
 
     from z1.errors import RunDirError
-    from z1.models.checkpoint import CheckpointError
+    from z1.models.errors import CheckpointError
     from z1.models.pi05_import import import_cli
 
     dst = Path(c.dst)

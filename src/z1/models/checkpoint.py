@@ -1,48 +1,42 @@
-"""Checkpoints: z1 policy directories, exact-resume training state, and import of real pi0.5 files.
+"""The z1 checkpoint format: a policy directory written atomically, read back with every file checked.
 
-Everything is safetensors (tensors) + JSON (config, stats, metadata); nothing is pickled. Directories are
-written atomically: into a hidden temporary sibling, every file and the directory fsynced, then renamed
-into place (an existing checkpoint is renamed aside first and deleted only after the new one is in).
+Everything is safetensors (tensors) + JSON (config, stats, metadata); nothing is pickled. The directory is
+written with `z1.fsutil.atomic_directory`, so a crash leaves the previous checkpoint or the new one, never a
+mix. SHA-256 hashes of the files (and of the policy geometry) are recorded at save time, so a damaged or
+edited file is reported by name instead of loading wrong weights.
 
 z1 checkpoint directory:
     model.safetensors   the Pi05Policy state dict (z1 names)
-    config.json         {"z1_version", "preset", "policy": PolicyConfig as nested JSON}
+    config.json         {"z1_version", "preset", "policy": PolicyConfig as nested JSON, "sha256"}
     norm_stats.json     Normalization.to_json() (optional)
     extra.json          free-form JSON (optional)
+    tokenizer.model     the SentencePiece file (optional)
+    train_state/        the training state (`z1.train.state`), saved in the same atomic rename (optional)
 
-Training-state directory (`save_train_state`): train_state.safetensors + train_state.json with the
-optimizer state flattened, extra tensors, RNG states and user metadata.
-
-The import of openpi / LeRobot pi0.5 files (`import_pi05`, `import_cli`) lives in `z1.models.pi05_import`
-and is reachable from here too. The source's preprocessing conventions (`z1.types.Conventions`) travel in
-norm_stats.json with the statistics they belong to.
+The source's preprocessing conventions (`z1.types.Conventions`) travel in norm_stats.json with the
+statistics they belong to. The import of openpi / LeRobot pi0.5 files lives in `z1.models.pi05_import`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import shutil
-import types
-import typing
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import z1
 from z1.config import PolicyConfig
-from z1.errors import Z1Error
+from z1.fsutil import atomic_directory, file_sha256, interrupted_save_hint, recover_directory, write_json
 from z1.models import pi05_keys as K
+from z1.models.config_json import policy_config_from_json, policy_config_to_json
+from z1.models.errors import CheckpointError
 from z1.models.pi05 import Pi05Policy
 from z1.types import Conventions, Normalization
 
@@ -51,18 +45,25 @@ CONFIG_FILE = "config.json"
 NORM_FILE = "norm_stats.json"
 TOKENIZER_FILE = "tokenizer.model"
 EXTRA_FILE = "extra.json"
-TRAIN_TENSORS = "train_state.safetensors"
-TRAIN_JSON = "train_state.json"
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, key)
 
 
-class CheckpointError(Z1Error, ValueError):
-    """A checkpoint that cannot be read or does not fit the model."""
+class CheckpointPart(Protocol):
+    """Files saved in a subdirectory of a checkpoint in the same atomic rename as the weights: the training
+    state (`z1.train.state.TrainStateSpec`). A protocol, so the model layer does not import train/."""
+
+    @property
+    def subdir(self) -> str: ...
+
+    def write(self, directory: Path) -> None: ...
 
 
 @dataclass
 class LoadedCheckpoint:
+    """A policy read from disk (`load_checkpoint`, or `import_pi05` before it is saved) with what was stored
+    beside its weights."""
+
     model: Pi05Policy
     config: PolicyConfig
     norm: Normalization | None
@@ -79,218 +80,22 @@ class LoadedCheckpoint:
         return Conventions.from_json(self.extra.get("conventions") or {})
 
 
-# ------------------------------------------------------------------------------------ config JSON
-def policy_config_to_json(config: PolicyConfig) -> dict[str, Any]:
-    """Nested frozen dataclasses -> plain JSON (tuples become lists)."""
-    return json.loads(json.dumps(asdict(config)))
-
-
-def _from_json(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise CheckpointError(
-            f"{where}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}"
-        )
-    kw: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in data:
-            continue  # the dataclass default
-        kw[f.name] = _coerce(hints[f.name], data[f.name], f"{where}.{f.name}")
-    return cls(**kw)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    if isinstance(tp, type) and is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise CheckpointError(f"{where}: expected an object for {tp.__name__}, got {value!r}")
-        return _from_json(tp, value, where)
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise CheckpointError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        inner = args[0] if args else Any
-        return tuple(_coerce(inner, v, where) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        for a in args:
-            try:
-                return _coerce(a, value, where)
-            except CheckpointError:
-                continue
-        raise CheckpointError(f"{where}: {value!r} is not a {tp}")
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise CheckpointError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise CheckpointError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CheckpointError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CheckpointError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise CheckpointError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def policy_config_from_json(data: Mapping[str, Any], where: str = "policy") -> PolicyConfig:
-    """Inverse of `policy_config_to_json` (tuples restored, missing fields take their defaults; a field of
-    the wrong type is a CheckpointError naming it)."""
-    if not isinstance(data, Mapping):
-        raise CheckpointError(f"{where}: expected an object, got {type(data).__name__}")
-    try:
-        return _from_json(PolicyConfig, data, where)
-    except CheckpointError:
-        raise
-    except (ValueError, TypeError) as e:  # PolicyConfig's own checks
-        raise CheckpointError(f"{where}: {e}") from e
-
-
-# --------------------------------------------------------------------------------- atomic writes
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, allow_nan=False)
-        fh.write("\n")
-
-
-def _tag_pid(name: str) -> int | None:
-    """The writer's pid in a `.NAME.tmp-PID-HEX` / `.NAME.old-PID-HEX` sibling (None: an older format)."""
-    tag = name.rsplit(".", 1)[-1].partition("-")[2]
-    pid, sep, _ = tag.partition("-")
-    return int(pid) if sep and pid.isdigit() else None
-
-
-def _writer_alive(pid: int | None) -> bool:
-    if pid is None or pid == os.getpid():
-        return pid == os.getpid()
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def recover_directory(path: str | Path) -> list[str]:
-    """Repair what a killed `atomic_directory` left next to `path`; returns what was done (for logs).
-
-    A crash between its two renames leaves only `.NAME.old-*` (the previous, complete directory): it is
-    renamed back to `path`. Temporary `.NAME.tmp-*` copies and `.NAME.old-*` copies next to an intact
-    `path` are deleted. Siblings of a writer that is still running are left alone."""
-    dst = Path(path).expanduser().absolute()
-    if not dst.parent.is_dir():
-        return []
-    done: list[str] = []
-    olds = [
-        p for p in dst.parent.glob(f".{dst.name}.old-*") if p.is_dir() and not _writer_alive(_tag_pid(p.name))
-    ]
-    if not dst.exists() and olds:
-        newest = max(olds, key=lambda p: p.stat().st_mtime)
-        os.replace(newest, dst)
-        _fsync_dir(dst.parent)
-        olds.remove(newest)
-        done.append(f"restored {dst} from {newest.name} (a save was interrupted)")
-    stale = olds + [
-        p for p in dst.parent.glob(f".{dst.name}.tmp-*") if p.is_dir() and not _writer_alive(_tag_pid(p.name))
-    ]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
-        done.append(f"removed {p.name} (left by an interrupted save)")
-    return done
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success fsync it and move it to `path` (replacing any old
-    directory there); on failure delete it and leave `path` untouched. What an earlier killed write left
-    behind is repaired first (`recover_directory`)."""
-    dst = Path(path).expanduser().absolute()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    recover_directory(dst)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = dst.parent / f".{dst.name}.tmp-{tag}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        for d, _, files in os.walk(tmp, topdown=False):
-            for name in files:
-                _fsync_file(Path(d) / name)
-            _fsync_dir(Path(d))
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{tag}"
-            os.replace(dst, old)
-            try:
-                os.replace(tmp, dst)
-            except BaseException:
-                os.replace(old, dst)  # put the previous checkpoint back
-                raise
-            _fsync_dir(dst.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-            _fsync_dir(dst.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 8 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
+# ------------------------------------------------------------------------------ checked files
 def _policy_sha256(preset: Any, policy: Any) -> str:
     text = json.dumps({"preset": preset, "policy": policy}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read_json_file(path: Path, what: str) -> Any:
+def read_json_file(path: Path, what: str) -> Any:
+    """Parse a checkpoint's JSON file; a damaged one is a CheckpointError naming it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: {what} is not valid JSON ({e}); the file is damaged") from e
 
 
-def _verify(path: Path, expected: str | None, what: str) -> None:
+def verify_sha256(path: Path, expected: str | None, what: str) -> None:
+    """CheckpointError unless the file hashes to `expected` (None: saved before z1 recorded hashes)."""
     if expected is None:
         return
     got = file_sha256(path)
@@ -301,17 +106,9 @@ def _verify(path: Path, expected: str | None, what: str) -> None:
         )
 
 
-def _missing_dir_error(path: Path, what: str) -> CheckpointError:
-    leftovers = (
-        sorted(p.name for p in path.parent.glob(f".{path.name}.old-*")) if path.parent.exists() else []
-    )
-    hint = (
-        f" A previous version survives as {leftovers} (an interrupted save); "
-        f"rename it to {path.name} to use it."
-        if leftovers
-        else ""
-    )
-    return CheckpointError(f"{what} not found: {path}.{hint}")
+def missing_dir_error(path: Path, what: str) -> CheckpointError:
+    """The error for a missing checkpoint directory, naming a previous version an interrupted save left."""
+    return CheckpointError(f"{what} not found: {path}.{interrupted_save_hint(path)}")
 
 
 # ------------------------------------------------------------------------------ z1 checkpoints
@@ -321,7 +118,7 @@ def save_checkpoint(
     norm: Normalization | None = None,
     extra: Mapping[str, Any] | None = None,
     *,
-    train_state: TrainStateSpec | None = None,
+    train_state: CheckpointPart | None = None,
     tokenizer: str | Path | None = None,
 ) -> Path:
     """Write a z1 checkpoint directory atomically. Returns its path.
@@ -333,7 +130,7 @@ def save_checkpoint(
     With `train_state`, the optimizer/RNG state goes into the subdirectory `train_state.subdir` of the same
     directory in the same atomic rename, so the weights and the resume state can never disagree (a crash
     between two separate saves could leave new weights next to an old or missing train state). Read it
-    back with `load_train_state(path / subdir, optimizer, ...)`.
+    back with `z1.train.state.load_train_state(path / subdir, optimizer, ...)`.
     """
     config: PolicyConfig = model.config
     if tokenizer is not None and not Path(tokenizer).is_file():
@@ -346,18 +143,18 @@ def save_checkpoint(
         policy = policy_config_to_json(config)
         hashes = {MODEL_FILE: file_sha256(tmp / MODEL_FILE), "policy": _policy_sha256(config.name, policy)}
         if norm is not None:
-            _write_json(tmp / NORM_FILE, norm.to_json())
+            write_json(tmp / NORM_FILE, norm.to_json())
             hashes[NORM_FILE] = file_sha256(tmp / NORM_FILE)
-        _write_json(
+        write_json(
             tmp / CONFIG_FILE,
             {"z1_version": z1.__version__, "preset": config.name, "policy": policy, "sha256": hashes},
         )
         if extra is not None:
-            _write_json(tmp / EXTRA_FILE, dict(extra))
+            write_json(tmp / EXTRA_FILE, dict(extra))
         if train_state is not None:
             sub = tmp / train_state.subdir
             sub.mkdir(parents=True)
-            _write_train_state_files(sub, train_state)
+            train_state.write(sub)
     return Path(path)
 
 
@@ -366,13 +163,13 @@ def _read_config_doc(p: Path, check_policy: bool = True) -> dict[str, Any]:
         recover_directory(p)  # a save killed between its two renames leaves only .NAME.old-*
     if not (p / CONFIG_FILE).is_file():
         if not p.exists():
-            raise _missing_dir_error(p.absolute(), "z1 checkpoint")
+            raise missing_dir_error(p.absolute(), "z1 checkpoint")
         if not p.is_dir():
             raise CheckpointError(f"{p} is a file, not a z1 checkpoint directory")
         raise CheckpointError(
             f"{p} has no {CONFIG_FILE}; is it a z1 checkpoint? (use `z1 import` for pi0.5 files)"
         )
-    data = _read_json_file(p / CONFIG_FILE, "the checkpoint config")
+    data = read_json_file(p / CONFIG_FILE, "the checkpoint config")
     if not isinstance(data, dict) or "policy" not in data:
         raise CheckpointError(
             f"{p / CONFIG_FILE} has no 'policy' entry; it is not a z1 config "
@@ -417,23 +214,23 @@ def load_checkpoint(
     if not (p / MODEL_FILE).is_file():
         raise CheckpointError(f"{p / MODEL_FILE}: file is missing; the checkpoint is incomplete")
     if verify:
-        _verify(p / MODEL_FILE, hashes.get(MODEL_FILE), "weights")
+        verify_sha256(p / MODEL_FILE, hashes.get(MODEL_FILE), "weights")
         if (p / NORM_FILE).is_file():
-            _verify(p / NORM_FILE, hashes.get(NORM_FILE), "normalization statistics")
+            verify_sha256(p / NORM_FILE, hashes.get(NORM_FILE), "normalization statistics")
     norm = None
     if (p / NORM_FILE).is_file():
         try:
-            norm = Normalization.from_json(_read_json_file(p / NORM_FILE, "the normalization statistics"))
+            norm = Normalization.from_json(read_json_file(p / NORM_FILE, "the normalization statistics"))
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{p / NORM_FILE}: cannot read the normalization statistics ({e})") from e
-    extra = _read_json_file(p / EXTRA_FILE, "extra.json") if (p / EXTRA_FILE).is_file() else {}
+    extra = read_json_file(p / EXTRA_FILE, "extra.json") if (p / EXTRA_FILE).is_file() else {}
     try:
         with safe_open(str(p / MODEL_FILE), framework="pt") as f:
             keys = list(f.keys())
             source = {k: k for k in keys}
-            model = _materialize(config, f, source, map_location, dtype, what=str(p / MODEL_FILE))
+            model = materialize(config, f, source, map_location, dtype, what=str(p / MODEL_FILE))
     except SafetensorError as e:
         raise CheckpointError(
             f"{p / MODEL_FILE}: not a readable safetensors file ({e}); it is truncated, damaged or in "
@@ -446,7 +243,7 @@ def load_checkpoint(
     )
 
 
-def _materialize(
+def materialize(
     config: PolicyConfig,
     f: Any,
     source: Mapping[str, str],
@@ -505,203 +302,3 @@ def _file_name_hint(z1_name: str) -> str:
         return repr(K.z1_to_openpi(z1_name))
     except KeyError:
         return "unknown"
-
-
-# --------------------------------------------------------------------------------- train state
-_TUPLE, _NDARRAY = "__tuple__", "__ndarray__"
-
-
-def _enc(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return {_TUPLE: [_enc(x) for x in v]}
-    if isinstance(v, list):
-        return [_enc(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _enc(x) for k, x in v.items()}
-    if isinstance(v, np.ndarray):
-        return {_NDARRAY: v.tolist(), "dtype": str(v.dtype)}
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return {"__float__": repr(v)}
-    return v
-
-
-def _dec(v: Any) -> Any:
-    if isinstance(v, list):
-        return [_dec(x) for x in v]
-    if isinstance(v, dict):
-        if _TUPLE in v:
-            return tuple(_dec(x) for x in v[_TUPLE])
-        if _NDARRAY in v:
-            return np.asarray(v[_NDARRAY], dtype=v["dtype"])
-        if "__float__" in v:
-            return float(v["__float__"])
-        return {k: _dec(x) for k, x in v.items()}
-    return v
-
-
-@dataclass
-class TrainState:
-    extra_tensors: dict[str, torch.Tensor]
-    meta: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class TrainStateSpec:
-    """What `save_train_state` saves; pass it to `save_checkpoint(..., train_state=...)` to write the
-    weights and the resume state in one atomic step."""
-
-    optimizer: torch.optim.Optimizer
-    extra_tensors: Mapping[str, torch.Tensor] | None = None
-    meta: Mapping[str, Any] | None = None
-    torch_generators: Mapping[str, torch.Generator] | None = None
-    numpy_rngs: Mapping[str, np.random.Generator] | None = None
-    subdir: str = "train_state"
-
-
-def save_train_state(
-    path: str | Path,
-    optimizer: torch.optim.Optimizer,
-    extra_tensors: Mapping[str, torch.Tensor] | None = None,
-    meta: Mapping[str, Any] | None = None,
-    *,
-    torch_generators: Mapping[str, torch.Generator] | None = None,
-    numpy_rngs: Mapping[str, np.random.Generator] | None = None,
-) -> Path:
-    """Write optimizer state, extra tensors, RNG states and JSON metadata atomically for an exact resume."""
-    spec = TrainStateSpec(optimizer, extra_tensors, meta, torch_generators, numpy_rngs)
-    with atomic_directory(path) as tmp:
-        _write_train_state_files(tmp, spec)
-    return Path(path)
-
-
-def _write_train_state_files(directory: Path, spec: TrainStateSpec) -> None:
-    optimizer, extra_tensors, meta = spec.optimizer, spec.extra_tensors, spec.meta
-    torch_generators, numpy_rngs = spec.torch_generators, spec.numpy_rngs
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    state_json: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        entry: dict[str, Any] = {}
-        for name, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"optim.state.{pid}.{name}"] = v.detach().to("cpu").contiguous()
-                entry[name] = {"__tensor__": f"optim.state.{pid}.{name}"}
-            else:
-                entry[name] = _enc(v)
-        state_json[str(pid)] = entry
-    groups_json = []
-    for g, group in enumerate(sd["param_groups"]):
-        gj: dict[str, Any] = {}
-        for name, v in group.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"optim.group.{g}.{name}"] = v.detach().to("cpu").contiguous()
-                gj[name] = {"__tensor__": f"optim.group.{g}.{name}"}
-            else:
-                gj[name] = _enc(v)
-        groups_json.append(gj)
-    param_shapes = [list(p.shape) for group in optimizer.param_groups for p in group["params"]]
-    for k, v in (extra_tensors or {}).items():
-        tensors[f"extra.{k}"] = v.detach().to("cpu").contiguous()
-    rng_json: dict[str, Any] = {"torch": [], "numpy": {}}
-    for k, gen in (torch_generators or {}).items():
-        if gen.device.type != "cpu":
-            raise ValueError(f"torch generator {k!r} is on {gen.device}; only CPU generators are saved")
-        tensors[f"rng.torch.{k}"] = gen.get_state()
-        rng_json["torch"].append(k)
-    for k, rng in (numpy_rngs or {}).items():
-        rng_json["numpy"][k] = _enc(rng.bit_generator.state)
-    doc = {
-        "z1_version": z1.__version__,
-        "optimizer": type(optimizer).__name__,
-        "state": state_json,
-        "param_groups": groups_json,
-        "param_shapes": param_shapes,
-        "extra_tensors": sorted((extra_tensors or {}).keys()),
-        "rng": rng_json,
-        "meta": _enc(dict(meta or {})),
-    }
-    save_file(tensors, str(directory / TRAIN_TENSORS), metadata={"format": "pt"})
-    doc["sha256"] = {TRAIN_TENSORS: file_sha256(directory / TRAIN_TENSORS)}
-    _write_json(directory / TRAIN_JSON, doc)
-
-
-def load_train_state(
-    path: str | Path,
-    optimizer: torch.optim.Optimizer,
-    *,
-    torch_generators: Mapping[str, torch.Generator] | None = None,
-    numpy_rngs: Mapping[str, np.random.Generator] | None = None,
-) -> TrainState:
-    """Restore the optimizer (and the given RNGs, in place) from `save_train_state`.
-
-    Returns the extra tensors and the metadata."""
-    p = Path(path).expanduser()
-    if not (p / TRAIN_JSON).is_file():
-        raise _missing_dir_error(p.absolute(), "training state")
-    doc = _read_json_file(p / TRAIN_JSON, "the training state")
-    if not (p / TRAIN_TENSORS).is_file():
-        raise CheckpointError(f"{p / TRAIN_TENSORS}: file is missing; the training state is incomplete")
-    _verify(p / TRAIN_TENSORS, (doc.get("sha256") or {}).get(TRAIN_TENSORS), "optimizer and RNG state")
-    if doc["optimizer"] != type(optimizer).__name__:
-        raise CheckpointError(
-            f"{p} holds a {doc['optimizer']} state but the optimizer is {type(optimizer).__name__}"
-        )
-    shapes = [list(q.shape) for group in optimizer.param_groups for q in group["params"]]
-    if shapes != doc["param_shapes"]:
-        first = next(
-            (i for i, (a, b) in enumerate(zip(shapes, doc["param_shapes"])) if a != b),
-            min(len(shapes), len(doc["param_shapes"])),
-        )
-        raise CheckpointError(
-            f"{p}: the optimizer's parameters do not match the saved ones ({len(shapes)} vs "
-            f"{len(doc['param_shapes'])} params; first difference at param {first}); build the optimizer "
-            "over "
-            "the same parameters in the same order"
-        )
-    try:
-        f_ctx = safe_open(str(p / TRAIN_TENSORS), framework="pt")
-    except SafetensorError as e:
-        raise CheckpointError(f"{p / TRAIN_TENSORS}: not a readable safetensors file ({e})") from e
-    with f_ctx as f:
-
-        def resolve(v: Any) -> Any:
-            if isinstance(v, dict) and "__tensor__" in v:
-                return f.get_tensor(v["__tensor__"])
-            return _dec(v)
-
-        state = {int(pid): {n: resolve(v) for n, v in st.items()} for pid, st in doc["state"].items()}
-        groups = [{n: resolve(v) for n, v in g.items()} for g in doc["param_groups"]]
-        extras = {k: f.get_tensor(f"extra.{k}") for k in doc["extra_tensors"]}
-        saved_gens = set(doc["rng"]["torch"])
-        for k, gen in (torch_generators or {}).items():
-            if k not in saved_gens:
-                raise CheckpointError(
-                    f"{p} has no state for torch generator {k!r}; saved: {sorted(saved_gens)}"
-                )
-            gen.set_state(f.get_tensor(f"rng.torch.{k}"))
-    for g in groups:
-        g["params"] = [int(i) for i in g["params"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    for k, rng in (numpy_rngs or {}).items():
-        if k not in doc["rng"]["numpy"]:
-            raise CheckpointError(
-                f"{p} has no state for numpy generator {k!r}; saved: {sorted(doc['rng']['numpy'])}"
-            )
-        rng.bit_generator.state = _dec(doc["rng"]["numpy"][k])
-    return TrainState(extra_tensors=extras, meta=_dec(doc["meta"]))
-
-
-# ----------------------------------------------------------------------------------- pi0.5 import
-_IMPORT_NAMES = ("KeyPlan", "import_cli", "import_pi05", "import_summary", "infer_policy_config", "plan_keys")
-
-
-def __getattr__(name: str) -> Any:
-    """The pi0.5 import lives in `z1.models.pi05_import` (it builds on this module); its names stay
-    reachable from here."""
-    if name in _IMPORT_NAMES:
-        from z1.models import pi05_import
-
-        return getattr(pi05_import, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,12 +41,12 @@ from z1.models import pi05_keys as K
 from z1.models.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
-    CheckpointError,
     LoadedCheckpoint,
     ProgressFn,
-    _materialize,
+    materialize,
     save_checkpoint,
 )
+from z1.models.errors import CheckpointError
 from z1.types import Conventions, FeatureStats, Normalization
 
 PRE_JSON = "policy_preprocessor.json"
@@ -676,7 +676,7 @@ def import_pi05(
                     f"{config.action_dim} dims; the file does not fit its config"
                 )
         accepted = _check_accepted(refused, accept, root / CONFIG_FILE if cfg_json else weights)
-        model = _materialize(config, f, plan.source, "cpu", dtype, what=str(weights), progress=progress)
+        model = materialize(config, f, plan.source, "cpu", dtype, what=str(weights), progress=progress)
 
     norm, norm_info = None, {}
     lr_files = sorted(root.glob("*normalizer_processor.safetensors"))

@@ -27,15 +27,8 @@ from z1.distributed.ddp import DistContext, allreduce_grads
 from z1.distributed.ddp import current as current_dist
 from z1.errors import RunDirError, TrainingError, check_float, check_int
 from z1.evaluate import EvalConfig, EvalResult, eval_metrics, evaluate, markdown_table
-from z1.fsutil import check_run_dir, write_json_atomic
-from z1.models.checkpoint import (
-    TrainStateSpec,
-    load_checkpoint,
-    load_train_state,
-    read_config,
-    recover_directory,
-    save_checkpoint,
-)
+from z1.fsutil import check_run_dir, recover_directory, write_json_atomic
+from z1.models.checkpoint import load_checkpoint, read_config, save_checkpoint
 from z1.models.sampling import exec_mask, recompute_logprob, sample_chunk, time_grid
 from z1.rl.grpo import (
     GRPOConfig,
@@ -54,6 +47,7 @@ from z1.rl.task_sampling import TaskSamplingConfig, plan_task_counts
 from z1.rollout.collector import RolloutBatch, RolloutConfig, cat_caches, cat_inputs, collect_groups
 from z1.train.metrics import MetricsLogger
 from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks, suite_for
+from z1.train.state import TrainStateSpec, load_train_state
 
 TRAIN_SEED_BASE = 10_000  # training groups; demonstrations use 0.., evaluation 100_000..
 

@@ -34,20 +34,15 @@ from z1.data.normalize import normalization_from_dataset
 from z1.data.robomimic import default_layout, is_hdf5_path, open_robomimic
 from z1.distributed.ddp import DistContext, allreduce_grads
 from z1.errors import RunDirError, TrainingError, check_float, check_int
-from z1.fsutil import check_run_dir
-from z1.models.checkpoint import (
-    TrainStateSpec,
-    load_checkpoint,
-    load_train_state,
-    recover_directory,
-    save_checkpoint,
-)
+from z1.fsutil import check_run_dir, recover_directory
+from z1.models.checkpoint import load_checkpoint, save_checkpoint
 from z1.models.pi05 import Pi05Policy, PolicyInputs
 from z1.models.tokenizer import make_tokenizer, tokenize_prompt
 from z1.models.transforms import images_to_model
 from z1.train.metrics import MetricsLogger
 from z1.train.schedule import EMA, warmup_cosine
 from z1.train.setup import progress_bar
+from z1.train.state import TrainStateSpec, load_train_state
 
 
 @dataclass(frozen=True)
