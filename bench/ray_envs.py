@@ -10,7 +10,7 @@ all of them alike; the table reports medians over the blocks and ratios to the i
   round, observation rendered at the end of each chunk, as the collector does);
 - start-up: `ray.init` of a local cluster, and the hosts' start (processes, actors);
 - memory: RSS of the driver, the env worker processes, the env actors and Ray's own processes (psutil);
-- per-call overhead: one cheap batched call (`_Slots.spec` on every host, gathered) and a bare Ray
+- per-call overhead: one cheap batched call (`SlotEnvs.spec` on every host, gathered) and a bare Ray
   no-op round trip, against the cost of one env step.
 
 Every host stays alive through the run (8 Meta-World slots each, 4 hosts): it needs about 7 GiB of free
@@ -70,7 +70,7 @@ def call_seconds(fn, n: int) -> float:
 
 def cheap_batched_call(venv) -> None:
     """One trivial command on every host, issued to all and gathered (the floor of a batched op)."""
-    venv._call({w: ("spec", ()) for w in range(venv.num_workers)}, "spec")
+    venv.call_workers({w: ("spec", ()) for w in range(venv.num_workers)}, "spec")
 
 
 def rss_mb(pids) -> float:

@@ -1,6 +1,6 @@
-"""Env slots hosted by Ray actors, behind the `VectorEnv` interface of `z1.envs.vector`.
+"""Env slots hosted by Ray actors: a `z1.envs.hosting.HostedVectorEnv`, like the process `VectorEnv`.
 
-Slot s lives on actor s % num_actors; an actor owns several slots (`_Slots`, the same code a worker
+Slot s lives on actor s % num_actors; an actor owns several slots (`SlotEnvs`, the same code a worker
 process runs) and steps them in its own process, on this machine or another node of the cluster. Every
 batched operation issues one remote call per involved actor and then gathers them with one `ray.get` on
 the list, so the actors run in parallel; observations come back in batches, one reply per actor. Cloning
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from z1.distributed.cluster import RayUnavailableError, require_ray
 from z1.envs.base import EnvError
-from z1.envs.vector import WORKER_ENV_VARS, EnvWorkerError, _Hosted, _Slots, worker_process_setup
+from z1.envs.hosting import WORKER_ENV_VARS, EnvWorkerError, HostedVectorEnv, SlotEnvs, worker_process_setup
 from z1.types import EnvSpec
 
 if TYPE_CHECKING:
@@ -63,14 +63,14 @@ class SlotActor:
 
             select_gl_backend()  # probe this node's GL backends before mujoco is imported
         self.incarnation = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
-        self.slots = _Slots(suite, slots, env_kwargs)
+        self.slots = SlotEnvs(suite, slots, env_kwargs)
         self.policy: PolicySlots | None = None  # created by the first policy command (imports torch)
 
     def hello(self) -> tuple[str, EnvSpec, int]:
         return self.incarnation, self.slots.spec(), os.getpid()
 
     def call(self, expect: str | None, cmd: str, args: tuple) -> tuple[str, bool, Any]:
-        """Run `_Slots.<cmd>(*args)` (`PolicySlots.<name>(*args)` for cmd "policy:<name>") unless this is
+        """Run `SlotEnvs.<cmd>(*args)` (`PolicySlots.<name>(*args)` for cmd "policy:<name>") unless this is
         not the incarnation the caller expects (a restart the caller has not seen): then nothing runs.
         Returns (incarnation, ran, value)."""
         if expect is not None and expect != self.incarnation:
@@ -113,7 +113,7 @@ def _kill_actors(ray: Any, actors: list[Any]) -> None:
             ray.kill(a, no_restart=True)
 
 
-class RayVectorEnv(_Hosted):
+class RayVectorEnv(HostedVectorEnv):
     """`num_slots` env slots on `num_actors` Ray actors (default: one per CPU of the cluster).
 
     Needs a Ray connection (`z1.distributed.start_ray`). `cpus_per_actor` is the Ray CPU reservation
@@ -170,7 +170,7 @@ class RayVectorEnv(_Hosted):
             max_task_retries=-1,  # re-sent to the restarted actor, which refuses it (incarnation check)
             runtime_env={"env_vars": env_vars},
         )
-        self._new_actor = lambda a: actor_cls.remote(suite, self._worker_slots(a), env_kwargs, gl)
+        self._new_actor = lambda a: actor_cls.remote(suite, self.worker_slots(a), env_kwargs, gl)
         self._actors = [self._new_actor(a) for a in range(self.num_workers)]
         self._finalizer = weakref.finalize(self, _kill_actors, ray, self._actors)  # sees replacements
         self._incarnation: list[str | None] = [None] * self.num_workers
@@ -245,7 +245,7 @@ class RayVectorEnv(_Hosted):
             msgs[w] = (POLICY + "load_policy", (payloads[base],))
             self._policy_version[w] = None  # until the actor confirms
         if msgs:
-            for w, v in self._call(msgs, "load_policy").items():
+            for w, v in self.call_workers(msgs, "load_policy").items():
                 self._policy_version[w] = v
         return len(msgs)
 
@@ -266,14 +266,14 @@ class RayVectorEnv(_Hosted):
                 POLICY + "act_step",
                 ([(s, *rows[s]) for s in ss], cfg, share_prefix, keep_caches, stop_on_success),
             )
-            for w, ss in self._by_worker(sorted(rows)).items()
+            for w, ss in self.by_worker(sorted(rows)).items()
         }
-        got = self._call(msgs, "act_step")
+        got = self.call_workers(msgs, "act_step")
         return [got[w] for w in sorted(got)]
 
     # ------------------------------------------------------------ calls
 
-    def _call(self, per_worker: dict[int, tuple[str, tuple]], what: str) -> dict[int, Any]:
+    def call_workers(self, per_worker: dict[int, tuple[str, tuple]], what: str) -> dict[int, Any]:
         ray = self._ray
         hold = self._holding
         refs = {
@@ -329,7 +329,7 @@ class RayVectorEnv(_Hosted):
         self._stale[w] = False
 
     def _lost(self, w: int, what: str, cause: str, fate: str = "It was restarted") -> EnvWorkerError:
-        desc = self._forget_worker(w)
+        desc = self.forget_worker(w)
         self._stale[w] = True
         self._policy_version[w] = None  # the new incarnation holds no policy
         return EnvWorkerError(

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from z1.config import SamplerConfig
-from z1.envs.base import EnvError
-from z1.envs.vector import _check_actions, _Slots
+from z1.envs.base import EnvError, check_action_chunks
+from z1.envs.hosting import SlotEnvs
 from z1.rollout.runner import Acted, PolicyRunner
 from z1.types import ChunkResult, Observation
 
@@ -114,9 +114,9 @@ class WeightVersions:
 
 class PolicySlots:
     """Actor side: one actor's env slots with each slot's latest observation kept here, and the policy
-    copy that acts on them. The env commands mirror `_Slots` but return no observations."""
+    copy that acts on them. The env commands mirror `SlotEnvs` but return no observations."""
 
-    def __init__(self, slots: _Slots) -> None:
+    def __init__(self, slots: SlotEnvs) -> None:
         torch.set_num_threads(1)  # one actor, one core: the env and the policy take turns
         self.slots = slots
         self.obs: dict[int, Observation] = {}
@@ -222,7 +222,7 @@ class PolicySlots:
             firsts.setdefault(u, r)
         keys = [obs[firsts[u]].key() for u in range(acted.prefix_forwards)]
         actions = {s: acted.env_actions[i][: max(1, n)] for i, (s, _, n) in enumerate(rows)}
-        results = self.run_chunks(_check_actions(actions, self.slots.spec()), stop_on_success, True)
+        results = self.run_chunks(check_action_chunks(actions, self.slots.spec()), stop_on_success, True)
         t2 = time.perf_counter()
         if not keep_cache:
             acted = replace(acted, unique_cache=None)

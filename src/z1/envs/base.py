@@ -72,6 +72,24 @@ def check_action(action: np.ndarray, spec: EnvSpec) -> np.ndarray:
     return np.clip(a, spec.action_low, spec.action_high)
 
 
+def check_action_chunks(actions: dict[int, np.ndarray], spec: EnvSpec) -> dict[int, np.ndarray]:
+    """Validate a batch of action chunks (slot -> (n>0, d), finite) before it is sent to the slots' hosts.
+
+    Checked on the caller side, so a malformed chunk fails as an `EnvError` naming its slot before any
+    slot of the batch has stepped (the per-step `check_action` inside the env would fail half-way).
+    Returns the chunks as float64 arrays, unclipped (each step is clipped by the env).
+    """
+    out: dict[int, np.ndarray] = {}
+    for s, a in actions.items():
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != spec.action_dim or a.shape[0] == 0:
+            raise EnvError(f"slot {s}: action chunk has shape {a.shape}, expected (n>0, {spec.action_dim})")
+        if not np.all(np.isfinite(a)):
+            raise EnvError(f"slot {s}: action chunk contains NaN or inf")
+        out[s] = a
+    return out
+
+
 def run_chunk(
     env: Env, actions: np.ndarray, stop_on_success: bool = True, observe: bool = True
 ) -> ChunkResult:
