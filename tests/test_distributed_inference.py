@@ -21,7 +21,6 @@ from z1.envs.vector import EnvWorkerError
 from z1.models.sampling import draw_step_ids, recompute_logprob, time_grid
 from z1.rollout.collector import RolloutBatch, RolloutConfig, collect_groups
 
-MW_KW = {"render": False}  # state-only observations (as in test_distributed_rollouts.py)
 # One trunk per group branched in two at chunk 1; 4 slots = 2 groups per wave. Slots 0, 2 (the trunks)
 # live on actor 0 and slots 1, 3 (the children) on actor 1, so every branch clones across actors.
 MW_CFG = RolloutConfig(
@@ -155,16 +154,9 @@ def test_weight_versions_send_only_what_changed():
 
 
 @pytest.fixture(scope="module")
-def ray_venv():
-    ray = pytest.importorskip("ray")
-    from z1.distributed import RayVectorEnv, start_ray
-
-    info = start_ray("local", num_cpus=2, object_store_mb=200)
-    assert info.started and info.cpus == 2
-    venv = RayVectorEnv("metaworld", 4, num_actors=2, env_kwargs=MW_KW)
-    yield venv
-    venv.close()
-    ray.shutdown()
+def ray_slots() -> int:
+    """4 slots for `ray_venv` (conftest.py): 2 groups per wave, trunks on actor 0, children on actor 1."""
+    return 4
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +227,7 @@ def test_a_hung_actor_times_out_and_the_wave_is_collected_again(runner, ray_venv
         with pytest.raises(
             EnvWorkerError, match=r"env actor 0 .*'_sleep_for_test' within the call timeout of 0.5 s"
         ):
-            ray_venv._call({0: ("_sleep_for_test", (60.0,))}, "a test")
+            ray_venv.call_workers({0: ("_sleep_for_test", (60.0,))}, "a test")
     finally:
         ray_venv.call_timeout = 600.0
     ray_venv.ping()

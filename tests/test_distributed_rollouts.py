@@ -153,19 +153,6 @@ def test_process_worker_crash_mid_collection_is_survived(runner, reference):
     assert_same_batch(got, reference)
 
 
-@pytest.fixture(scope="module")
-def ray_venv():
-    ray = pytest.importorskip("ray")
-    from z1.distributed import RayVectorEnv, start_ray
-
-    info = start_ray("local", num_cpus=2, object_store_mb=200)
-    assert info.started and info.cpus == 2
-    venv = RayVectorEnv("metaworld", 2, num_actors=2, env_kwargs=MW_KW)
-    yield venv
-    venv.close()
-    ray.shutdown()
-
-
 @pytest.mark.sim
 def test_ray_actors_collect_the_same_episodes_as_in_process(runner, reference, ray_venv):
     assert ray_venv.num_actors == 2 and ray_venv.worker_of(1) == 1
