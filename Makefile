@@ -1,4 +1,4 @@
-# z1: the two set-up commands of the README.
+# z1: the two set-up commands of the README (`make test` = venv, lint, the suite).
 SHELL := /bin/bash
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
@@ -9,7 +9,8 @@ export OMP_WAIT_POLICY ?= PASSIVE
 venv:
 	./scripts/setup.sh
 
-test: venv
+# lint first: a style slip fails in seconds, before the suite's minutes
+test: lint
 	.venv/bin/python -m pytest -m "not slow" -q
 
 demo: venv
@@ -20,6 +21,7 @@ bench: venv
 
 lint: venv
 	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench
 
 clean:
 	rm -rf .venv runs .pytest_cache
