@@ -32,7 +32,8 @@ from z1.data.lerobot import LeRobotWriter, make_features, open_dataset
 from z1.models.errors import CheckpointError
 from z1.models.gemma import apply_rope, rope_tables
 from z1.models.pi05 import Pi05Policy, PolicyInputs
-from z1.models.pi05_import import import_cli, import_pi05, import_summary
+from z1.models.pi05_import import import_cli, import_pi05
+from z1.models.pi05_summary import import_summary
 from z1.models.tokenizer import BuiltinTokenizer, discretize_state, make_tokenizer
 from z1.models.transforms import ObservationEncoder, actions_to_env, images_to_model
 from z1.rollout.runner import PolicyRunner

@@ -21,8 +21,9 @@ from fakes import tiny_sentencepiece
 from z1.config import GemmaConfig, PolicyConfig, VisionConfig, policy_preset
 from z1.models.errors import CheckpointError
 from z1.models.pi05 import Pi05Policy, PolicyInputs
-from z1.models.pi05_import import import_cli, import_pi05, infer_policy_config, plan_keys
-from z1.models.pi05_keys import z1_to_openpi
+from z1.models.pi05_geometry import infer_policy_config
+from z1.models.pi05_import import import_cli, import_pi05
+from z1.models.pi05_keys import plan_keys, z1_to_openpi
 
 
 @dataclass(frozen=True)

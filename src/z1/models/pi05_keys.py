@@ -6,12 +6,18 @@ Both files use torch Linear (out, in) layout like z1, so every tensor maps 1:1 b
 by training carry a `model.` prefix; older transformers layouts (`paligemma.language_model.model.*`,
 `paligemma.vision_tower.*` without `.model`) are accepted as aliases. The tied embedding is usually stored
 as `paligemma.lm_head.weight` (not `embed_tokens`), and the action expert's `lm_head` is dead weight.
+
+`plan_keys` applies the table to a whole file: which keys load into which z1 parameters, which are skipped
+and why (pi0 leftovers, dead or tied weights), and which z1 does not know.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+
+from z1.models.errors import CheckpointError
 
 PWE = "paligemma_with_expert"
 P = f"{PWE}.paligemma.model"
@@ -128,3 +134,69 @@ def layer_count(keys: Iterable[str], prefix: str) -> int:
     if idx and idx != set(range(max(idx) + 1)):
         raise ValueError(f"layers under {prefix} are not contiguous: {sorted(idx)}")
     return len(idx)
+
+
+# ------------------------------------------------------------------------------ a file's keys
+@dataclass(frozen=True)
+class KeyPlan:
+    """How the keys of a pi0.5 file map onto z1: {z1 name: file key}, plus what is skipped or unknown."""
+
+    source: dict[str, str]
+    skipped: dict[str, str]  # file key -> reason
+    unexpected: list[str]
+    prefixed: bool  # LeRobot `model.` prefix present
+
+
+def plan_keys(file_keys: list[str]) -> KeyPlan:
+    """Map the keys of an openpi/LeRobot pi0.5 safetensors file to z1 names (docs/model.md#key-mapping)."""
+    canon: dict[str, str] = {}
+    for k in file_keys:
+        c = canonical_openpi_key(k)
+        if c in canon:
+            raise CheckpointError(f"keys {canon[c]!r} and {k!r} both map to {c!r}; the file mixes layouts")
+        canon[c] = k
+    is_pi05 = "time_mlp_in.weight" in canon or any(c.endswith("input_layernorm.dense.weight") for c in canon)
+    if not is_pi05:
+        if "state_proj.weight" in canon or "action_time_mlp_in.weight" in canon:
+            raise CheckpointError(
+                "this is a pi0 checkpoint (it has state_proj / action_time_mlp_in and no adaRMS norms); "
+                "pi0 is not supported, only pi0.5"
+            )
+        raise CheckpointError(
+            "not a pi0.5 checkpoint: found neither 'time_mlp_in.weight' nor '*input_layernorm.dense.weight' "
+            f"(first keys: {sorted(canon)[:3]})"
+        )
+    source: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    unexpected: list[str] = []
+    for c, k in canon.items():
+        z = openpi_to_z1(c)
+        if z is not None:
+            source[z] = k
+            continue
+        if c == EXPERT_LM_HEAD:
+            skipped[k] = "dead weight: the action expert has no embedder"
+        elif c == TIED_LM_HEAD:
+            skipped[k] = "tied embedding (used for embed_tokens when that key is absent)"
+        elif c.startswith(("action_time_mlp_in.", "action_time_mlp_out.")):
+            alias = "time_mlp_in." if c.startswith("action_time_mlp_in.") else "time_mlp_out."
+            alias += c.rsplit(".", 1)[1]
+            if alias in canon:
+                skipped[k] = f"superseded by {alias}"
+            else:
+                source[openpi_to_z1(alias) or alias] = k  # older LeRobot name of the pi0.5 time MLP
+        elif c.startswith("state_proj."):
+            skipped[k] = "pi0 state projection, unused by pi0.5"
+        elif c.startswith(f"{EXP}.") and c.endswith(
+            ("input_layernorm.weight", "post_attention_layernorm.weight")
+        ):
+            skipped[k] = "plain norm weight of the expert; pi0.5 uses the adaRMS dense"
+        elif c == f"{EXP}.norm.weight":
+            skipped[k] = "plain final norm of the expert; pi0.5 uses the adaRMS dense"
+        else:
+            unexpected.append(k)
+    if "embed_tokens.weight" not in source and TIED_LM_HEAD in canon:
+        source["embed_tokens.weight"] = canon[TIED_LM_HEAD]
+        skipped.pop(canon[TIED_LM_HEAD], None)
+    prefixed = any(k.startswith("model.") for k in file_keys)
+    return KeyPlan(source=source, skipped=skipped, unexpected=sorted(unexpected), prefixed=prefixed)
