@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,12 @@ import torch.multiprocessing as tmp
 
 from fakes import tiny_runner
 from test_rl_update import _setup as rollouts_for_update
+from test_rl_update import make_learner
 from test_train_sft import write_dataset
 from z1.distributed.cluster import RayUnavailableError, start_ray
 from z1.distributed.ddp import DistContext, allreduce_grads
 from z1.rl.grpo import GRPOConfig
-from z1.rl.params import apply_selective, frozen_prefix
-from z1.train.rl import grpo_update
+from z1.rl.params import apply_selective
 from z1.train.sft import SFTConfig, run_sft
 
 WORLD = 2
@@ -76,31 +77,20 @@ def _assert_same_params(got: dict, want: dict) -> None:
 # ---------------------------------------------------------------- GRPO
 
 
-def _grpo(model, groups, sel, cfg, batch, scored, trainable, grpo: GRPOConfig | None = None) -> dict:
-    sampler = tiny_runner().sampler("sde", cfg.num_steps, cfg.noise_level)
-    return grpo_update(
-        model,
-        torch.optim.AdamW(groups.optimizer_groups()),
-        groups,
-        batch,
-        scored.advantages,
-        scored.weights,
-        trainable,
-        sampler,
-        grpo or GRPOConfig(minibatches=1, epochs=2, kl_target=None),
-        1.0,
-        frozen_prefix(model, sel),
-        torch.Generator().manual_seed(1),
-    )
+def _grpo(model, groups, sel, scored, trainable, grpo: GRPOConfig | None = None) -> dict:
+    """One `Learner.update` on `scored` with `trainable` as this process's rows (built after joining the
+    process group, so the learner reduces over it)."""
+    grpo = grpo or GRPOConfig(minibatches=1, epochs=2, kl_target=None)
+    return make_learner(model, groups, sel, grpo).update(replace(scored, trainable=trainable))
 
 
-def _grpo_rank(rank: int, port: int, state: dict, sel, cfg, batch, scored, grpo, out: str) -> None:
+def _grpo_rank(rank: int, port: int, state: dict, sel, scored, grpo, out: str) -> None:
     ctx = _join(rank, port)
     model = tiny_runner().model
     model.load_state_dict(state)
     mine = np.zeros_like(scored.trainable)
     mine[ctx.shard(np.flatnonzero(scored.trainable))] = True  # this rank's share of the trainable chunks
-    st = _grpo(model, apply_selective(model, sel), sel, cfg, batch, scored, mine, grpo)
+    st = _grpo(model, apply_selective(model, sel), sel, scored, mine, grpo)
     torch.save({"state": model.state_dict(), "stats": st, "terms": int(mine.sum())}, f"{out}.{rank}")
     ctx.close()
 
@@ -115,12 +105,12 @@ def _grpo_rank(rank: int, port: int, state: dict, sel, cfg, batch, scored, grpo,
     ids=["one-minibatch", "kl-stop"],
 )
 def test_grpo_update_on_two_ranks_equals_one_process(tmp_path, grpo):
-    model, _, groups, cfg, batch, scored, sel = rollouts_for_update("expert")
+    model, _, groups, _, _, scored, sel = rollouts_for_update("expert")
     assert scored.trainable.sum() >= 2
     start = copy.deepcopy(model.state_dict())
     with _one_thread():
-        single = _grpo(model, groups, sel, cfg, batch, scored, scored.trainable, grpo)
-    _spawn(_grpo_rank, start, sel, cfg, batch, scored, grpo, str(tmp_path / "grpo"))
+        single = _grpo(model, groups, sel, scored, scored.trainable, grpo)
+    _spawn(_grpo_rank, start, sel, scored, grpo, str(tmp_path / "grpo"))
     ranks = [torch.load(tmp_path / f"grpo.{r}", weights_only=True) for r in range(WORLD)]
     assert sum(r["terms"] for r in ranks) == scored.trainable.sum() and all(r["terms"] > 0 for r in ranks)
     want = model.state_dict()

@@ -20,17 +20,16 @@ import pytest
 import torch
 import torch.multiprocessing as tmp
 
-from fakes import identity_norm, tiny_runner
+from fakes import tiny_runner
 from test_distributed_ddp import _assert_same_params, _free_port, _grpo, _join, _one_thread
 from test_rl_update import _setup as rollouts_for_update
 from test_train_rl import _cfg as one_process_cfg
-from z1.config import policy_preset
-from z1.models.checkpoint import load_checkpoint, save_checkpoint
-from z1.models.pi05 import Pi05Policy
+from test_train_rl import save_leaning_policy
+from z1.models.checkpoint import load_checkpoint
 from z1.rl.grpo import GRPOConfig
 from z1.rl.params import apply_selective
 from z1.rl.reward import RewardConfig
-from z1.train import rl as rl_mod
+from z1.train import iteration as iteration_mod
 from z1.train.metrics import read_metrics
 from z1.train.rl import RLConfig, run_rl
 
@@ -56,16 +55,7 @@ def _spawn(fn, *args, timeout: float = TIMEOUT_S) -> None:
 @pytest.fixture(scope="module")
 def init_ckpt(tmp_path_factory) -> Path:
     """A tiny policy whose actions lean toward (+x, -z): on drawer-close some group members succeed."""
-    torch.manual_seed(0)
-    model = Pi05Policy(policy_preset("tiny"))
-    with torch.no_grad():
-        model.action_out_proj.weight.mul_(0.1)
-        bias = torch.zeros_like(model.action_out_proj.bias)
-        bias[:3] = torch.tensor([-1.5, 0.0, 1.5])  # actions ~ -bias: the flow integrates x0 = x1 - v
-        model.action_out_proj.bias.copy_(bias)
-    path = tmp_path_factory.mktemp("init") / "ckpt"
-    save_checkpoint(path, model, identity_norm(), extra={"stage": "sft"})
-    return path
+    return save_leaning_policy(tmp_path_factory.mktemp("init") / "ckpt")
 
 
 def _cfg(init: Path, out: str, iterations: int = 1) -> RLConfig:
@@ -85,7 +75,7 @@ def _cfg(init: Path, out: str, iterations: int = 1) -> RLConfig:
 
 
 def _recording_scores(monkeypatch_target, record: list) -> None:
-    """Wrap `score_batch` in z1.train.rl so each iteration's per-chunk advantages are kept."""
+    """Wrap `score_batch` in z1.train.iteration so each iteration's per-chunk advantages are kept."""
     inner = monkeypatch_target.score_batch
 
     def wrapped(*args, **kw):
@@ -99,7 +89,7 @@ def _recording_scores(monkeypatch_target, record: list) -> None:
 def _rl_rank(rank: int, port: int, cfg: RLConfig, workdir: str, tag: str) -> None:
     ctx = _join(rank, port)
     record: list = []
-    _recording_scores(rl_mod, record)
+    _recording_scores(iteration_mod, record)
     if not Path(cfg.out).is_absolute():
         os.chdir(Path(workdir) / f"rank{rank}")  # a relative --out: each rank's writes land in its own dir
     run_rl(cfg)
@@ -110,13 +100,13 @@ def _rl_rank(rank: int, port: int, cfg: RLConfig, workdir: str, tag: str) -> Non
 def _single(cfg: RLConfig) -> list:
     """One process, the ranks' thread count; returns the per-iteration recorded scores."""
     record: list = []
-    inner = rl_mod.score_batch
-    _recording_scores(rl_mod, record)
+    inner = iteration_mod.score_batch
+    _recording_scores(iteration_mod, record)
     try:
         with _one_thread():
             run_rl(cfg)
     finally:
-        rl_mod.score_batch = inner
+        iteration_mod.score_batch = inner
     return record
 
 
@@ -195,13 +185,13 @@ def test_rank_without_trainable_chunks_and_resume(init_ckpt, tmp_path):
 # ---------------------------------------------------------------- one update, a rank without rows
 
 
-def _update_rank(rank, port, state, sel, cfg, batch, scored, grpo, out) -> None:
+def _update_rank(rank, port, state, sel, scored, grpo, out) -> None:
     ctx = _join(rank, port)
     model = tiny_runner().model
     model.load_state_dict(state)
     # Rank 0 holds every trainable chunk, rank 1 none (its rows are all masked out).
     mine = scored.trainable if rank == 0 else np.zeros_like(scored.trainable)
-    st = _grpo(model, apply_selective(model, sel), sel, cfg, batch, scored, mine, grpo)
+    st = _grpo(model, apply_selective(model, sel), sel, scored, mine, grpo)
     torch.save({"state": model.state_dict(), "stats": st}, f"{out}.{rank}")
     ctx.close()
 
@@ -210,12 +200,12 @@ def _update_rank(rank, port, state, sel, cfg, batch, scored, grpo, out) -> None:
 def test_update_with_a_rank_without_rows_equals_one_process(tmp_path, kl_target):
     """Same optimizer steps on both ranks (no hang), the single-process weights, and with a tiny
     kl_target the same early stop (after the second minibatch: the first one has ratio 1)."""
-    model, _, groups, cfg, batch, scored, sel = rollouts_for_update("expert")
+    model, _, groups, _, _, scored, sel = rollouts_for_update("expert")
     grpo = GRPOConfig(minibatches=2, epochs=2, kl_target=kl_target)
     start = copy.deepcopy(model.state_dict())
     with _one_thread():
-        single = _grpo(model, groups, sel, cfg, batch, scored, scored.trainable, grpo)
-    _spawn(_update_rank, start, sel, cfg, batch, scored, grpo, str(tmp_path / "upd"))
+        single = _grpo(model, groups, sel, scored, scored.trainable, grpo)
+    _spawn(_update_rank, start, sel, scored, grpo, str(tmp_path / "upd"))
     ranks = [torch.load(tmp_path / f"upd.{r}", weights_only=True) for r in range(WORLD)]
     assert single["update/steps"] == (2 if kl_target else 4)
     want = model.state_dict()

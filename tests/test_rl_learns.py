@@ -9,12 +9,14 @@ import numpy as np
 import torch
 
 from fakes import FakeVectorEnv, tiny_runner
+from z1.distributed.ddp import current as current_dist
 from z1.rl.grpo import GRPOConfig
+from z1.rl.learner import Learner
 from z1.rl.params import SelectiveConfig, apply_selective
 from z1.rl.reward import RewardConfig, TaskTimeStats
-from z1.rl.scoring import AdvantageConfig, score_batch
-from z1.rollout.collector import RolloutConfig, collect_groups
-from z1.train.rl import grpo_update
+from z1.rl.scoring import AdvantageConfig
+from z1.rollout.collector import RolloutConfig
+from z1.train.iteration import IterationConfig, iteration
 
 
 def _ode_first_dim(runner) -> float:
@@ -35,31 +37,16 @@ def test_tree_grpo_improves_a_clean_task():
     stats = TaskTimeStats()
     stats.register("a", cfg.max_steps)
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
+    # One run-wide torch stream: the collector's noise and the learner's minibatch permutations.
+    learner = Learner(model, opt, groups, GRPOConfig(kl_target=None), 1.0, True, gen, current_dist())
+    it_cfg = IterationConfig(cfg, RewardConfig(kind="D0"), AdvantageConfig())
     before = _ode_first_dim(runner)
     success = []
     for it in range(12):
-        batch = collect_groups(
-            runner, FakeVectorEnv(16, goal=0.25), [("a", 100 * it + g) for g in range(4)], cfg, rng, gen
-        )
-        scored = score_batch(batch, RewardConfig(kind="D0"), stats, AdvantageConfig(), flat=False)
-        success.append(np.mean([g.leaf_outcomes()[1].mean() for g in batch.groups]))
-        model.train()
-        grpo_update(
-            model,
-            opt,
-            groups,
-            batch,
-            scored.advantages,
-            scored.weights,
-            scored.trainable,
-            sampler,
-            GRPOConfig(kl_target=None),
-            1.0,
-            True,
-            gen,
-        )
-        model.eval()
+        plan = [("a", 100 * it + g) for g in range(4)]
+        res = iteration(learner, runner, FakeVectorEnv(16, goal=0.25), plan, stats, it_cfg, rng, index=it)
+        stats = res.task_stats
+        success.append(np.mean([g.leaf_outcomes()[1].mean() for g in res.scored.rollout.groups]))
     after = _ode_first_dim(runner)
     assert after > before + 0.1, (before, after)
     assert np.mean(success[-4:]) > np.mean(success[:4]) + 0.1, success

@@ -1,16 +1,20 @@
-"""One GRPO update on real collected groups: ratio 1 at the first minibatch, frozen parts stay frozen."""
+"""One GRPO update (`Learner.update`) on real collected groups: ratio 1 at the first minibatch, frozen
+parts stay frozen."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from fakes import FakeVectorEnv, tiny_runner
+from z1.distributed.ddp import current as current_dist
 from z1.rl.grpo import GRPOConfig
+from z1.rl.learner import Learner, ode_probe
 from z1.rl.params import SelectiveConfig, apply_selective, frozen_prefix
 from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
 from z1.rollout.collector import RolloutConfig, collect_groups
-from z1.train.rl import grpo_update
 
 
 def _setup(mode: str):
@@ -44,26 +48,19 @@ def _setup(mode: str):
     return model, runner, groups, cfg, batch, scored, sel
 
 
+def make_learner(model, groups, sel, grpo: GRPOConfig, ref_model=None) -> Learner:
+    """The tests' learner: plain AdamW over `groups`, grad clip 1, minibatch permutations from seed 1."""
+    opt = torch.optim.AdamW(groups.optimizer_groups())
+    prefix_frozen = frozen_prefix(model, sel)
+    gen = torch.Generator().manual_seed(1)
+    return Learner(model, opt, groups, grpo, 1.0, prefix_frozen, gen, current_dist(), ref_model)
+
+
 def _update(mode: str):
     model, runner, groups, cfg, batch, scored, sel = _setup(mode)
     assert scored.trainable.any(), "the fake task should give mixed groups"
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(groups.optimizer_groups())
-    sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
-    out = grpo_update(
-        model,
-        opt,
-        groups,
-        batch,
-        scored.advantages,
-        scored.weights,
-        scored.trainable,
-        sampler,
-        GRPOConfig(minibatches=2, kl_target=None),
-        1.0,
-        frozen_prefix(model, sel),
-        torch.Generator().manual_seed(1),
-    )
+    out = make_learner(model, groups, sel, GRPOConfig(minibatches=2, kl_target=None)).update(scored)
     return model, before, out
 
 
@@ -95,18 +92,32 @@ def test_top_vlm_update_trains_the_last_vlm_layer_only():
             assert torch.equal(before[k], after[k]), k
 
 
-def test_step_std_matches_the_sampler():
-    from z1.models.sampling import sde_step_stats, time_grid
-    from z1.train.rl import step_std
+def test_step_std_is_the_documented_std_and_the_density_of_the_stored_steps():
+    """`step_std` (the KL's s_k) on the uniform grid is a * sqrt(t_k / k), a at k = 0
+    (docs/algorithm.md#flow-sde-step: std/a = 1.00, .949, .632, ... for K = 10), and it is the std of the
+    density the rollout's log-probs were drawn under: the stored log-prob of every chunk is the Gaussian
+    log-density of its stored step with the recomputed mean and this std."""
+    from z1.config import SamplerConfig
+    from z1.models.sampling import exec_mask, gaussian_logprob, recompute_logprob, step_std
 
-    _, runner, _, cfg, _, _, _ = _setup("expert")
-    sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
-    grid = time_grid(cfg.num_steps)
-    ids = torch.arange(cfg.num_steps)[None, :]
-    x = torch.zeros(1, 8, 8)
-    for k in range(cfg.num_steps):
-        _, std = sde_step_stats(x, x, grid[k], grid[k + 1], grid[1], cfg.noise_level)
-        assert torch.allclose(step_std(ids, sampler)[0, k], std.reshape(-1)[0])
+    ten = SamplerConfig(num_steps=10, mode="sde", noise_level=0.7)
+    got = step_std(torch.arange(10)[None, :], ten)[0] / 0.7  # (k,)
+    want = [1.0] + [math.sqrt((1 - k / 10) / k) for k in range(1, 10)]
+    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-6, atol=1e-6)
+    assert [round(float(v), 3) for v in got[:4]] == [1.0, 0.949, 0.632, 0.483]
+
+    _, runner, _, cfg, batch, _, _ = _setup("expert")
+    sampler = batch.sampler
+    with torch.no_grad():
+        cache = batch.caches.index(batch.obs_index)
+        _, means = recompute_logprob(runner.model, None, batch.chains, batch.step_ids, sampler, cache=cache)
+    n, j = batch.step_ids.shape
+    rows = torch.arange(n)[:, None]
+    x_next = batch.chains[rows, batch.step_ids + 1].reshape(n * j, *batch.chains.shape[2:])  # (n*j, h, a)
+    std = step_std(batch.step_ids, sampler).reshape(n * j, 1, 1)
+    mask = exec_mask(*batch.chains.shape[2:], sampler.h_exec, sampler.d_exec)
+    lp = gaussian_logprob(x_next, means.reshape(n * j, *means.shape[2:]), std, mask).reshape(n, j)
+    torch.testing.assert_close(lp, batch.logprobs, rtol=0, atol=1e-4)
 
 
 def test_kl_to_reference_enters_the_update():
@@ -114,23 +125,8 @@ def test_kl_to_reference_enters_the_update():
 
     model, runner, groups, cfg, batch, scored, sel = _setup("expert")
     ref = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(groups.optimizer_groups())
-    sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
-    out = grpo_update(
-        model,
-        opt,
-        groups,
-        batch,
-        scored.advantages,
-        scored.weights,
-        scored.trainable,
-        sampler,
-        GRPOConfig(minibatches=2, kl_target=None, kl_beta=0.1),
-        1.0,
-        frozen_prefix(model, sel),
-        torch.Generator().manual_seed(1),
-        ref_model=ref,
-    )
+    grpo = GRPOConfig(minibatches=2, kl_target=None, kl_beta=0.1)
+    out = make_learner(model, groups, sel, grpo, ref_model=ref).update(scored)
     assert out["update/steps"] == 2
     # after the first optimizer step the policy differs from the reference, so the KL is positive, and it
     # enters the loss with weight beta (stats are means over the minibatches, so this is linear)
@@ -140,11 +136,11 @@ def test_kl_to_reference_enters_the_update():
 
 def test_ode_probe_measures_the_eval_policy_move():
     from z1.models.sampling import sample_chunk
-    from z1.train.rl import ode_probe
 
     model, runner, groups, cfg, batch, scored, sel = _setup("expert")
     sampler = runner.sampler("sde", cfg.num_steps, cfg.noise_level)
-    before = ode_probe(model, batch, sampler, rows=5, seed=7)
+    assert batch.sampler == sampler  # the probe reads the batch's own sampler
+    before = ode_probe(model, batch, rows=5, seed=7)
     assert before is not None and before.shape == (5, cfg.h_exec, sampler.d_exec)
     # The probe is the ODE sampler on the stored prefixes from fixed noise: same numbers by hand.
     n = batch.caches.batch_size
@@ -153,21 +149,22 @@ def test_ode_probe_measures_the_eval_policy_move():
     ode = runner.sampler("ode", cfg.num_steps)
     ref = sample_chunk(model, batch.caches.index(idx), noise, ode).actions[:, : cfg.h_exec, : sampler.d_exec]
     torch.testing.assert_close(before, ref)
-    assert torch.equal(before, ode_probe(model, batch, sampler, rows=5, seed=7))  # deterministic
+    assert torch.equal(before, ode_probe(model, batch, rows=5, seed=7))  # deterministic
     with torch.no_grad():  # move the action expert: the eval-time actions move
         for p in groups.params["expert"]:
             p.add_(0.05 * torch.randn_like(p))
-    assert (ode_probe(model, batch, sampler, rows=5, seed=7) - before).abs().max() > 1e-3
+    assert (ode_probe(model, batch, rows=5, seed=7) - before).abs().max() > 1e-3
     no_cache = type(batch)(**{**batch.__dict__, "caches": None})
-    assert ode_probe(model, no_cache, sampler) is None
+    assert ode_probe(model, no_cache) is None
 
 
 def _run_update(monkeypatch, grpo: GRPOConfig, k3_script=None):
-    """One `grpo_update` on the fake rollouts, recording every `grpo_loss` call: its inputs (for brute-force
-    references) and its statistics. With `k3_script`, call i reports approx_kl/k3 = k3_script[i] (the
-    losses and gradients are the real ones), so the early-stop rule sees a constructed KL sequence."""
+    """One `Learner.update` on the fake rollouts, recording every `grpo_loss` call: its inputs (for
+    brute-force references) and its statistics. With `k3_script`, call i reports approx_kl/k3 =
+    k3_script[i] (the losses and gradients are the real ones), so the early-stop rule sees a constructed KL
+    sequence."""
     import z1.rl.grpo
-    import z1.train.rl as rl_mod
+    import z1.rl.learner as learner_mod
 
     model, runner, groups, cfg, batch, scored, sel = _setup("expert")
     real = z1.rl.grpo.grpo_loss
@@ -180,21 +177,8 @@ def _run_update(monkeypatch, grpo: GRPOConfig, k3_script=None):
         calls.append({"new": new_lp.detach().clone(), "old": old_lp.clone(), "w": w.clone(), "st": st})
         return loss, st
 
-    monkeypatch.setattr(rl_mod, "grpo_loss", recording)
-    out = grpo_update(
-        model,
-        torch.optim.AdamW(groups.optimizer_groups()),
-        groups,
-        batch,
-        scored.advantages,
-        scored.weights,
-        scored.trainable,
-        runner.sampler("sde", cfg.num_steps, cfg.noise_level),
-        grpo,
-        1.0,
-        frozen_prefix(model, sel),
-        torch.Generator().manual_seed(1),
-    )
+    monkeypatch.setattr(learner_mod, "grpo_loss", recording)
+    out = make_learner(model, groups, sel, grpo).update(scored)
     return out, calls
 
 

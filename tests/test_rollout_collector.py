@@ -1,5 +1,7 @@
 """Collector: identical group starts, shared prefixes, tree branching, log-prob parity of the records."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -108,7 +110,21 @@ def test_scoring_matches_plain_loop(runner):
     stats = TaskTimeStats()
     stats.register("a", cfg.max_steps)
     rcfg = RewardConfig(kind="D1")
+    before = copy.deepcopy(stats)
+    trees_before = [g.tree.to_json() for g in batch.groups]
     scored = score_batch(batch, rcfg, stats, AdvantageConfig(), flat=False)
+    # Scoring is pure: the rollout's trees and the given statistics are as they were; the scored copies
+    # carry the returns, and the returned statistics fold in the batch's outcomes.
+    assert [g.tree.to_json() for g in batch.groups] == trees_before
+    assert stats == before and scored.rollout is batch
+    folded = copy.deepcopy(stats)
+    # one task: one update with all its leaves, in plan order
+    succ = np.concatenate([g.leaf_outcomes()[1] for g in batch.groups])
+    times = np.concatenate([g.leaf_outcomes()[2] for g in batch.groups])
+    folded.update("a", succ, times, rcfg)
+    assert scored.task_stats == folded and scored.task_stats != stats
+    for tree, r in zip(scored.trees, scored.returns):
+        np.testing.assert_array_equal(tree.leaf_returns(), r)
 
     # Brute force: every chunk's advantage is its edge's (V(m) - mean siblings + V(m) - V(root)) / (c sigma),
     # with c^2 = G/(G-1) * the mass-weighted mean, over edges with siblings, of the squared coefficients of
@@ -121,11 +137,11 @@ def test_scoring_matches_plain_loop(runner):
             out[m] = (v[m] - np.mean(v[sib]) if sib else 0.0) + v[m] - v[0]
         return out
 
-    for gi, g in enumerate(batch.groups):
+    for gi, g in enumerate(scored.trees):
         if not scored.kept[gi]:
             assert np.all(scored.advantages[batch.chunk_group == gi] == 0)
             continue
-        unit = Tree.from_json(g.tree.to_json())
+        unit = Tree.from_json(g.to_json())
         leaves = unit.leaves()
         sq = dict.fromkeys(range(1, len(unit)), 0.0)
         for j in leaves:
@@ -133,11 +149,11 @@ def test_scoring_matches_plain_loop(runner):
                 unit.set_leaf_return(leaf, float(leaf == j))
             for m, x in combination(unit, node_values(unit)).items():
                 sq[m] += x * x
-        rho = edge_weights(g.tree)
-        contrast = [m for m in sq if len(g.tree.node(g.tree.node(m).parent).children) >= 2]
+        rho = edge_weights(g)
+        contrast = [m for m in sq if len(g.node(g.node(m).parent).children) >= 2]
         c2 = sum(rho[m] * sq[m] for m in contrast) / sum(rho[m] for m in contrast)
         c = np.sqrt(c2 * len(leaves) / (len(leaves) - 1))
-        comb = combination(g.tree, node_values(g.tree))
+        comb = combination(g, node_values(g))
         for ch in np.flatnonzero(batch.chunk_group == gi):
             expect = comb[batch.chunk_node[ch]] / (c * scored.sigma)
             assert scored.advantages[ch] == pytest.approx(expect, abs=1e-9)

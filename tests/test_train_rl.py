@@ -1,4 +1,5 @@
-"""`z1 rl` on one Meta-World task: an iteration runs end to end, and --resume reproduces it exactly."""
+"""`z1 rl` on one Meta-World task: an iteration runs end to end and updates the policy, and --resume
+reproduces it exactly."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,7 @@ from fakes import identity_norm
 from z1.config import policy_preset
 from z1.models.checkpoint import load_checkpoint, save_checkpoint
 from z1.models.pi05 import Pi05Policy
+from z1.rl.reward import RewardConfig
 from z1.rl.task_sampling import TaskSamplingConfig
 from z1.rollout.collector import RolloutConfig
 from z1.train.metrics import read_metrics
@@ -17,15 +19,26 @@ from z1.train.rl import RLConfig, group_plan, run_rl
 
 pytestmark = pytest.mark.sim
 TASK = "button-press-topdown-v3"
+LEANING_TASK = "drawer-close-v3"  # the task the leaning policy solves sometimes
+
+
+def save_leaning_policy(path: Path) -> Path:
+    """A tiny policy whose actions lean toward (+x, -z): on drawer-close some group members succeed, so
+    groups are mixed and GRPO has chunks to train on."""
+    torch.manual_seed(0)
+    model = Pi05Policy(policy_preset("tiny"))
+    with torch.no_grad():
+        model.action_out_proj.weight.mul_(0.1)
+        bias = torch.zeros_like(model.action_out_proj.bias)
+        bias[:3] = torch.tensor([-1.5, 0.0, 1.5])  # actions ~ -bias: the flow integrates x0 = x1 - v
+        model.action_out_proj.bias.copy_(bias)
+    save_checkpoint(path, model, identity_norm(), extra={"stage": "sft"})
+    return path
 
 
 @pytest.fixture(scope="module")
-def init_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = Pi05Policy(policy_preset("tiny"))
-    path = tmp_path_factory.mktemp("init") / "ckpt"
-    save_checkpoint(path, model, identity_norm(), extra={"stage": "sft"})
-    return path
+def leaning_ckpt(tmp_path_factory) -> Path:
+    return save_leaning_policy(tmp_path_factory.mktemp("leaning") / "ckpt")
 
 
 def _cfg(init: Path, out: Path, iterations: int) -> RLConfig:
@@ -48,6 +61,21 @@ def _cfg(init: Path, out: Path, iterations: int) -> RLConfig:
     )
 
 
+def _updating_cfg(init: Path, out: Path, iterations: int) -> RLConfig:
+    """`_cfg` on the leaning policy's task, with groups that branch and succeed in part (D1 rewards, more
+    noise, a longer cap): the iterations have trainable chunks and take optimizer steps."""
+    base = _cfg(init, out, iterations)
+    return replace(
+        base,
+        tasks=LEANING_TASK,
+        groups_per_task=2,
+        num_slots=8,
+        image_size=16,
+        reward=RewardConfig(kind="D1"),
+        rollout=replace(base.rollout, max_steps=40, noise_level=1.0),
+    )
+
+
 def _comparable(m: dict) -> dict:
     return {k: v for k, v in m.items() if not k.startswith(("time", "rollout/time"))}
 
@@ -59,9 +87,11 @@ def test_group_plan_seeds_are_disjoint():
 
 
 @pytest.mark.parametrize("sampling", ["uniform", "uncertain"])
-def test_rl_iteration_and_exact_resume(init_ckpt, tmp_path, sampling):
+def test_rl_iteration_and_exact_resume(leaning_ckpt, tmp_path, sampling):
     def cfg(out: Path, iterations: int) -> RLConfig:
-        return replace(_cfg(init_ckpt, out, iterations), task_sampling=TaskSamplingConfig(mode=sampling))
+        return replace(
+            _updating_cfg(leaning_ckpt, out, iterations), task_sampling=TaskSamplingConfig(mode=sampling)
+        )
 
     full = tmp_path / "full"
     run_rl(cfg(full, 2))
@@ -69,10 +99,10 @@ def test_rl_iteration_and_exact_resume(init_ckpt, tmp_path, sampling):
     assert [m["step"] for m in mf] == [1, 2]
     m1 = mf[0]
     assert m1["env_steps"] > 0 and m1["env_steps"] <= m1["env_steps_flat_equiv"]
-    assert m1[f"groups_of/{TASK}"] == 1
+    assert m1[f"groups_of/{LEANING_TASK}"] == 2
     assert m1["rollout/prefix_forwards"] < m1["chunks/total"]  # shared prefixes at the root and branch
-    if m1["update/terms"] > 0:
-        assert abs(m1["first_mb/log_ratio_abs_mean"]) < 1e-4  # rollout and trainer log-probs agree
+    assert all(m["update/terms"] > 0 and m["update/steps"] > 0 for m in mf)  # both iterations update
+    assert abs(m1["first_mb/log_ratio_abs_mean"]) < 1e-4  # rollout and trainer log-probs agree
     # Interrupted after iteration 1, resumed to 2: identical metrics and weights.
     part = tmp_path / "part"
     run_rl(cfg(part, 1))
@@ -84,13 +114,13 @@ def test_rl_iteration_and_exact_resume(init_ckpt, tmp_path, sampling):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_expert_only_training_keeps_the_vlm_bit_identical(init_ckpt, tmp_path):
-    run_rl(replace(_cfg(init_ckpt, tmp_path / "r", 1), lr=1e-2))
-    before = load_checkpoint(init_ckpt).model.state_dict()
+def test_expert_only_training_keeps_the_vlm_bit_identical(leaning_ckpt, tmp_path):
+    run_rl(replace(_updating_cfg(leaning_ckpt, tmp_path / "r", 1), lr=1e-2))
+    before = load_checkpoint(leaning_ckpt).model.state_dict()
     after = load_checkpoint(tmp_path / "r" / "rl_ckpt").model.state_dict()
     m = read_metrics(tmp_path / "r" / "rl_metrics.jsonl")[0]
     for k in before:
         if k.startswith(("vision.", "embed_tokens", "vlm_norm")) or ".vlm." in k:
             assert torch.equal(before[k], after[k]), k
-    if m["update/terms"] > 0:
-        assert any(not torch.equal(before[k], after[k]) for k in before if ".expert." in k)
+    assert m["update/terms"] > 0 and m["update/steps"] > 0
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".expert." in k)

@@ -56,6 +56,26 @@ def _col(t: Tensor | float, like: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (like.dim() - 1))) if t.dim() else t
 
 
+def sde_sigma(t: Tensor, t_first_next: Tensor | float, noise_level: float) -> Tensor:
+    """The Flow-SDE noise scale sigma = a * sqrt(t / (1 - t~)), t~ = t except t~ = t_1 (`t_first_next`) at
+    t = 1 (docs/algorithm.md#flow-sde-step). Elementwise over t (any shape).
+
+    The one place of the formula: the sampler's step (`sde_step_stats`) and the trainer's per-step std
+    (`step_std`, for the KL to a reference) both call it, so they cannot drift apart."""
+    t_tilde = torch.where(t >= 1.0, t_first_next, t)
+    return noise_level * torch.sqrt(t / (1.0 - t_tilde))
+
+
+def step_std(step_ids: Tensor, cfg: SamplerConfig) -> Tensor:
+    """Transition std s_k = sigma_k * sqrt(Delta) at each stored step: step_ids (n, j) -> (n, j) float32.
+
+    It depends on (k, K, a) only, not on the weights, so the trainer reads it off the stored step ids
+    instead of re-running the step."""
+    grid = time_grid(cfg.num_steps, step_ids.device)
+    t, t_next = grid[step_ids], grid[step_ids + 1]
+    return sde_sigma(t, grid[1], cfg.noise_level) * torch.sqrt(t - t_next)
+
+
 def sde_step_stats(
     x: Tensor,
     v: Tensor,
@@ -74,8 +94,7 @@ def sde_step_stats(
     x, v = x.float(), v.float()
     tc, tn, t1 = _col(t, x), _col(t_next, x), _col(t_first_next, x)
     delta = tc - tn
-    t_tilde = torch.where(tc >= 1.0, t1, tc)
-    sigma = noise_level * torch.sqrt(tc / (1.0 - t_tilde))
+    sigma = sde_sigma(tc, t1, noise_level)
     s2 = sigma * sigma
     mean = x * (1.0 - s2 * delta / (2.0 * tc)) - delta * v * (1.0 + s2 * (1.0 - tc) / (2.0 * tc))
     std = sigma * torch.sqrt(delta)

@@ -2,7 +2,7 @@
 
 Order of operations (docs/algorithm.md#scoring-order; the anchors below name its sections):
 1. calibrate each leaf's return from its success and completion time (D0/D1/D4), using the task
-   statistics *before* this batch (then fold the batch into them);
+   statistics *before* this batch (the returned statistics then fold the batch in);
 2. drop groups whose returns carry no information (#range-filter): all-fail and identical groups go,
    all-success groups whose completion times differ stay;
 3. one pooled reward scale sigma over the kept groups, or per group, or none
@@ -10,15 +10,21 @@ Order of operations (docs/algorithm.md#scoring-order; the anchors below name its
 4. tree values, edge advantages A(e) = (w_loc A_loc + w_glob A_glob) / (c sigma), edge masses rho and the
    trainable-edge rule; every chunk on an edge inherits the edge's numbers. c (`advantage_scale`, a
    function of the tree's shape and the weights) gives tree and flat groups the same advantage scale.
+
+Scoring is pure: the rollout batch and the task statistics it is given stay as they were, and the
+`z1.records.ScoredBatch` carries everything derived (scored trees, updated statistics), so a caller can
+score the same batch twice, or under two configs, and compare.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from z1.records import ChunkSummary, RolloutBatch, ScoredBatch
 from z1.rl.reward import (
     RewardConfig,
     TaskTimeStats,
@@ -27,7 +33,6 @@ from z1.rl.reward import (
     pooled_sigma,
     range_filter,
 )
-from z1.rollout.collector import RolloutBatch
 from z1.rollout.tree import edge_advantages, edge_weights, local_global_advantages, trainable_edges
 
 
@@ -63,19 +68,6 @@ def group_outcomes(batch: RolloutBatch) -> list[GroupOutcome]:
     return out
 
 
-@dataclass(frozen=True)
-class ChunkSummary:
-    """Per-chunk and per-edge numbers of one scored batch, from which the chunk statistics are computed
-    (`chunk_stats`); the summaries of data-parallel ranks concatenate into the whole batch's."""
-
-    adv: np.ndarray  # (n,) float64 per chunk
-    train: np.ndarray  # (n,) bool per chunk
-    edge_train: np.ndarray  # (e,) bool per tree edge of the kept groups
-    edge_loc_zero: np.ndarray  # (e,) bool: |A_loc| ~ 0
-    edge_depth: np.ndarray  # (e,) int64
-    edge_abs_adv: np.ndarray  # (e,) float64 |A(e)|
-
-
 def chunk_stats(parts: Sequence[ChunkSummary]) -> dict[str, float]:
     """Advantage, trainable-edge and chunk-count statistics of the concatenation of `parts`."""
     adv = np.concatenate([p.adv for p in parts])
@@ -100,19 +92,6 @@ def chunk_stats(parts: Sequence[ChunkSummary]) -> dict[str, float]:
     return stats
 
 
-@dataclass
-class ScoredBatch:
-    advantages: np.ndarray  # (n,) per chunk
-    weights: np.ndarray  # (n,) per chunk: the edge's sampling mass rho
-    trainable: np.ndarray  # (n,) bool
-    returns: list[np.ndarray]  # per group of the batch (g,) calibrated leaf returns
-    kept: np.ndarray  # (groups of the batch,) bool, survived the range filter
-    sigma: float
-    stats: dict[str, float]
-    """Group statistics of the whole plan; chunk statistics (`chunk_stats`) of this batch's chunks."""
-    chunks: ChunkSummary
-
-
 def score_batch(
     batch: RolloutBatch,
     reward_cfg: RewardConfig,
@@ -122,7 +101,9 @@ def score_batch(
     plan_outcomes: Sequence[GroupOutcome] | None = None,
     first_group: int = 0,
 ) -> ScoredBatch:
-    """Score `batch` (see the module docstring); `task_stats` absorbs the batch's outcomes afterwards.
+    """Score `batch` (see the module docstring). Pure: neither `batch` nor `task_stats` changes; the
+    returned `ScoredBatch` holds copies of the batch's trees with their leaf returns set, and the task
+    statistics with the batch's outcomes folded in (what the trainer carries to the next iteration).
 
     Data-parallel: when `batch` holds only this rank's groups, `plan_outcomes` are the outcomes of every
     group of the iteration in plan order (all ranks' `group_outcomes`, concatenated) and `first_group`
@@ -142,9 +123,10 @@ def score_batch(
             )
     returns_all = [calibrate(o.successes, o.times, o.task, task_stats, reward_cfg) for o in plan]
     returns = returns_all[first_group : first_group + len(mine)]
-    for g, r in zip(batch.groups, returns):
-        for leaf, value in zip(g.tree.leaves(), r):
-            g.tree.set_leaf_return(leaf, float(value))
+    trees = [copy.deepcopy(g.tree) for g in batch.groups]  # the scored copies; the rollout keeps its own
+    for tree, r in zip(trees, returns):
+        for leaf, value in zip(tree.leaves(), r):
+            tree.set_leaf_return(leaf, float(value))
     kept_all = range_filter(returns_all, reward_cfg.range_delta)
     kept = kept_all[first_group : first_group + len(mine)]
     kept_returns = [r for r, k in zip(returns_all, kept_all) if k]
@@ -170,19 +152,19 @@ def score_batch(
     edge_loc_zero: list[bool] = []
     edge_depth: list[int] = []
     edge_abs: list[float] = []
-    for gi, g in enumerate(batch.groups):
+    for gi, tree in enumerate(trees):
         on_group = batch.chunk_group == gi
         if not kept[gi]:
             continue
-        a_nodes = edge_advantages(g.tree, sigmas[first_group + gi], w_loc, w_glob)
-        rho = edge_weights(g.tree)
-        tr = trainable_edges(g.tree, a_nodes)
-        a_loc, _ = local_global_advantages(g.tree)
+        a_nodes = edge_advantages(tree, sigmas[first_group + gi], w_loc, w_glob)
+        rho = edge_weights(tree)
+        tr = trainable_edges(tree, a_nodes)
+        a_loc, _ = local_global_advantages(tree)
         nodes = batch.chunk_node[on_group]
         adv[on_group] = a_nodes[nodes]
         wts[on_group] = rho[nodes]
         train[on_group] = tr[nodes]
-        for node in g.tree.nodes[1:]:
+        for node in tree.nodes[1:]:
             edge_train.append(bool(tr[node.id]))
             edge_loc_zero.append(bool(abs(a_loc[node.id]) < 1e-12))
             edge_depth.append(int(node.depth))
@@ -196,14 +178,16 @@ def score_batch(
         edge_abs_adv=np.array(edge_abs, dtype=np.float64),
     )
 
-    # Fold this batch into the task statistics only after it was scored (calibration uses p_hat from before).
+    # Fold this batch into (a copy of) the task statistics only after it was scored: calibration used the
+    # statistics from before it.
+    new_stats = copy.deepcopy(task_stats)
     by_task: dict[str, tuple[list, list]] = {}
     for o in plan:
         by_task.setdefault(o.task, ([], []))
         by_task[o.task][0].append(o.successes)
         by_task[o.task][1].append(o.times)
     for task, (ss, ts) in by_task.items():
-        task_stats.update(task, np.concatenate(ss), np.concatenate(ts), reward_cfg)
+        new_stats.update(task, np.concatenate(ss), np.concatenate(ts), reward_cfg)
 
     successes = [o.successes for o in plan]
     stats = group_stats(successes, returns_all, reward_cfg.range_delta)
@@ -221,4 +205,16 @@ def score_batch(
         }
     )
     stats.update(chunk_stats([chunks]))
-    return ScoredBatch(adv, wts, train, returns, kept, float(sigma), stats, chunks)
+    return ScoredBatch(
+        rollout=batch,
+        advantages=adv,
+        weights=wts,
+        trainable=train,
+        returns=returns,
+        kept=kept,
+        sigma=float(sigma),
+        stats=stats,
+        chunks=chunks,
+        trees=trees,
+        task_stats=new_stats,
+    )

@@ -12,7 +12,8 @@ For each group (task, seed) the collector:
    parent's RNG);
 4. records, per executed chunk, what the trainer needs: the index of its (encoded) observation, the
    denoise chain, the stochastic step ids and their log-probs, and the tree edge it belongs to; per
-   leaf, success and the success time in env steps (counting the shared prefix).
+   leaf, success and the success time in env steps (counting the shared prefix). The records form one
+   `z1.records.RolloutBatch`, which scoring (rl/scoring.py) reads and never modifies.
 
 Flat GRPO is the same code with G trunks and no branch level.
 
@@ -38,6 +39,7 @@ from z1.config import SamplerConfig
 from z1.envs.vector import EnvWorkerError
 from z1.models.pi05 import PolicyInputs, PrefixCache
 from z1.models.sampling import ChunkSample
+from z1.records import GroupRollout, RolloutBatch
 from z1.rollout.runner import Acted, PolicyRunner
 from z1.rollout.tree import Tree, TreeConfig, branch_factor_at, plan_branch_levels, tree_cost
 from z1.types import ChunkResult, Observation
@@ -131,43 +133,6 @@ class RolloutConfig:
         if self.branch_frac is not None:
             levels = (max(1, round(self.branch_frac * self.max_steps / self.h_exec)),)
         return TreeConfig(trunks=self.trunks, branch_levels=levels, branch_factor=self.branch_factor)
-
-
-@dataclass
-class GroupRollout:
-    task: str
-    seed: int
-    tree: Tree
-    levels: tuple[int, ...]
-    success_time: dict[int, int] = field(default_factory=dict)  # leaf node -> env steps to first success
-    length: dict[int, int] = field(default_factory=dict)  # leaf node -> episode length in env steps
-
-    def leaf_outcomes(self) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """Leaves in tree order with success flags (g,) and success times (g,) (0 for failures)."""
-        leaves = self.tree.leaves()
-        succ = np.array([self.tree.node(i).success for i in leaves], dtype=bool)
-        times = np.array([self.success_time.get(i, 0) for i in leaves], dtype=np.float64)
-        return leaves, succ, times
-
-
-@dataclass
-class RolloutBatch:
-    """Everything the GRPO update needs from one collection round."""
-
-    groups: list[GroupRollout]
-    inputs: PolicyInputs  # (u, ...) every distinct observation seen, encoded
-    caches: PrefixCache | None  # (u, ...) their prefix caches (kept when the prefix is frozen in training)
-    obs_index: torch.Tensor  # (n,) int64 chunk -> observation row
-    chains: torch.Tensor  # (n, k+1, h, a)
-    step_ids: torch.Tensor  # (n, j)
-    logprobs: torch.Tensor  # (n, j) rollout log-probs
-    chunk_group: np.ndarray  # (n,) group index
-    chunk_node: np.ndarray  # (n,) tree node id (edge) of the chunk
-    stats: dict[str, float]
-
-    @property
-    def num_chunks(self) -> int:
-        return int(self.obs_index.shape[0])
 
 
 def cat_inputs(parts: list[PolicyInputs]) -> PolicyInputs:
@@ -460,6 +425,7 @@ def collect_groups(
         logprobs=torch.cat(done.lp),
         chunk_group=np.concatenate(done.group),
         chunk_node=np.concatenate(done.node),
+        sampler=sampler,
         stats=stats,
     )
 

@@ -1,10 +1,9 @@
-"""Task-wise GRPO: collect -> calibrate -> advantages -> update -> eval -> checkpoint.
+"""Task-wise GRPO: the loop around the iterations, and its bookkeeping.
 
-One iteration rolls out `groups_per_task` groups for every task (each group from one fixed initial
-state, tree-branched or flat), scores them (rl/scoring.py), and takes `grpo.minibatches` optimizer steps
-per epoch on the clipped Flow-SDE surrogate (rl/grpo.py), recomputing the log-prob of the stored
-stochastic denoise step only. With the VLM frozen (expert-only, the default), the prefix KV caches built
-during the rollout are reused by the update as they are.
+Each iteration plans `groups_per_task * len(tasks)` groups over the tasks (`plan_task_counts`,
+`group_plan`) and runs `train.iteration.iteration`: collect (rollout/collector.py), score
+(rl/scoring.py), update (rl/learner.py). This module keeps what lies around it: checkpoints, the
+evaluation cadence, the metrics log and resuming.
 
 `--resume` continues exactly: the checkpoint holds the model, the optimizer, every RNG state and the
 per-task reward statistics, and iteration i's env seeds are a function of i.
@@ -23,28 +22,20 @@ import numpy as np
 import torch
 
 from z1.config import ConfigError
-from z1.distributed.ddp import DistContext, allreduce_grads
-from z1.distributed.ddp import current as current_dist
-from z1.errors import RunDirError, TrainingError, check_float, check_int
-from z1.evaluate import EvalConfig, EvalResult, eval_metrics, evaluate, markdown_table
+from z1.distributed.ddp import DistContext
+from z1.distributed.waves import check_waves, evaluate_sharded
+from z1.errors import RunDirError, check_float, check_int
+from z1.evaluate import EvalConfig, eval_metrics, markdown_table
 from z1.fsutil import check_run_dir, recover_directory, write_json_atomic
 from z1.models.checkpoint import load_checkpoint, read_config, save_checkpoint
-from z1.models.sampling import exec_mask, recompute_logprob, sample_chunk, time_grid
-from z1.rl.grpo import (
-    GRPOConfig,
-    combine_stats,
-    gaussian_kl,
-    grpo_loss,
-    kl_early_stop,
-    minibatch_indices,
-    ratio_std,
-    total_term_weight,
-)
-from z1.rl.params import SelectiveConfig, apply_selective, frozen_prefix, grad_norms_by_group
+from z1.rl.grpo import GRPOConfig
+from z1.rl.learner import Learner
+from z1.rl.params import SelectiveConfig
 from z1.rl.reward import RewardConfig, TaskTimeStats
-from z1.rl.scoring import AdvantageConfig, chunk_stats, group_outcomes, score_batch
+from z1.rl.scoring import AdvantageConfig
 from z1.rl.task_sampling import TaskSamplingConfig, plan_task_counts
-from z1.rollout.collector import RolloutBatch, RolloutConfig, cat_caches, cat_inputs, collect_groups
+from z1.rollout.collector import RolloutConfig
+from z1.train.iteration import IterationConfig, iteration
 from z1.train.metrics import MetricsLogger
 from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks, suite_for
 from z1.train.state import TrainStateSpec, load_train_state
@@ -167,273 +158,6 @@ def c_med_by_task(stats: TaskTimeStats, tasks: list[str], h_exec: int, max_steps
     return out
 
 
-def step_std(step_ids: torch.Tensor, sampler) -> torch.Tensor:
-    """Flow-SDE transition std s_k at each stored step: (n, j) -> (n, j) (docs/algorithm.md#flow-sde-step)."""
-    grid = time_grid(sampler.num_steps)
-    t, t_next = grid[step_ids], grid[step_ids + 1]
-    t_tilde = torch.where(t >= 1.0, grid[1], t)
-    return sampler.noise_level * torch.sqrt(t / (1.0 - t_tilde)) * torch.sqrt(t - t_next)
-
-
-@torch.no_grad()
-def ode_probe(model, batch: RolloutBatch, sampler, rows: int = 64, seed: int = 0) -> torch.Tensor | None:
-    """Executed ODE actions of the policy on up to `rows` observations of `batch`, from fixed noise.
-
-    Run before and after an update, the difference is how far the update moved the deterministic
-    policy that evaluation uses (the PPO ratio only sees the stochastic denoise step).
-    Returns (rows, h_exec, d_exec) in normalized units, or None without stored prefix caches.
-    """
-    if batch.caches is None or batch.caches.batch_size == 0:
-        return None
-    n = batch.caches.batch_size
-    idx = torch.linspace(0, n - 1, min(rows, n)).round().long()  # (r,) spread over the batch
-    cache = batch.caches.index(idx)
-    h, a = batch.chains.shape[2], batch.chains.shape[3]
-    noise = torch.randn(idx.numel(), h, a, generator=torch.Generator().manual_seed(seed))  # (r, h, a)
-    ode = replace(sampler, mode="ode", noise_level=0.0)
-    x = sample_chunk(model, cache, noise, ode).actions  # (r, h, a)
-    return x[:, : sampler.h_exec, : sampler.d_exec]
-
-
-def grpo_update(
-    model,
-    optimizer,
-    groups,
-    batch: RolloutBatch,
-    advantages: np.ndarray,
-    weights: np.ndarray,
-    trainable: np.ndarray,
-    sampler,
-    cfg: GRPOConfig,
-    grad_clip: float,
-    prefix_frozen: bool,
-    generator: torch.Generator,
-    ref_model=None,
-) -> dict[str, float]:
-    """Epochs x minibatches of optimizer steps on the trainable chunks of one rollout batch.
-
-    With `cfg.kl_beta > 0`, `ref_model` (the frozen initial policy) adds the exact per-step Gaussian KL
-    between the current and the reference step means (docs/algorithm.md#kl-to-a-reference) to the loss.
-
-    Data-parallel (z1.distributed.ddp, torchrun): `batch` holds this rank's chunks. The trainable rows of
-    all ranks, in rank order, form the global list that one process would hold; every rank draws the same
-    permutation of it (`generator` runs in lockstep) and computes the loss of the rows of each minibatch
-    it owns, and `allreduce_grads` turns the gradients into the global term-weighted mean. A rank that
-    owns no row of a minibatch (or none at all) contributes a zero gradient with weight 0, so every rank
-    takes the same optimizer steps, and the KL early stop is decided together.
-
-    KL early stop (`kl_early_stop`): after each epoch but the last, the epoch's batch-mean k3 (the
-    term-weighted mean of the minibatches' k3, each measured before its own step; global numbers under
-    DDP) above `cfg.kl_target` skips the remaining epochs. Logged statistics merge every minibatch of
-    every epoch run (`combine_stats`): true min / max, term-weighted means, the std from merged moments;
-    grad norms are means over the optimizer steps.
-    """
-    if cfg.kl_beta > 0 and ref_model is None:
-        raise ValueError("GRPOConfig.kl_beta > 0 needs the reference policy (ref_model)")
-    ctx = current_dist()
-    idx_all = torch.as_tensor(np.flatnonzero(trainable), dtype=torch.long)  # (n_local,) this rank's rows
-    n_local = int(idx_all.numel())
-    sizes = ctx.all_gather_object(n_local)  # trainable rows of every rank
-    n_global, offset = sum(sizes), sum(sizes[: ctx.rank])
-    out: dict[str, float] = {"update/terms": float(n_global), "update/steps": 0.0}
-    if n_global == 0:
-        return out
-    adv = torch.as_tensor(advantages, dtype=torch.float32)
-    wts = torch.as_tensor(weights, dtype=torch.float32)
-    valid_all = torch.ones_like(batch.logprobs, dtype=torch.bool)
-    params = [p for ps in groups.params.values() for p in ps]
-    mb_stats: list[dict[str, float]] = []  # every minibatch's (reduced) loss statistics, in order
-    grad_norms: dict[str, list[float]] = {}
-    epochs_run = 0
-    stop = False
-    for epoch in range(cfg.epochs):
-        epoch_stats: list[dict[str, float]] = []
-        for mb, perm in enumerate(minibatch_indices(n_global, cfg.minibatches, generator)):
-            mine = perm[(perm >= offset) & (perm < offset + n_local)] - offset  # (m,) in permuted order
-            idx = idx_all[mine]
-            optimizer.zero_grad(set_to_none=True)
-            if idx.numel() > 0:
-                new_lp, st, total = _minibatch_backward(
-                    model, batch, idx, adv, wts, valid_all, sampler, cfg, prefix_frozen, ref_model
-                )
-            else:  # nothing of this minibatch here: zero gradient, weight 0, the same statistic keys
-                none = batch.logprobs[:0]  # (0, j)
-                ref_kl = none if cfg.kl_beta > 0 else None
-                _, st = grpo_loss(none, none, adv[:0], wts[:0], valid_all[:0], cfg, 1.0, ref_kl=ref_kl)
-                new_lp, total = none, 0.0
-            st = allreduce_grads(model.parameters(), total, st)  # DDP: global term-weighted mean; else no-op
-            st["ratio/std"] = ratio_std(st)  # from the (reduced) moments
-            gn = grad_norms_by_group(groups)
-            total_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-            loss_total = float(st.get("loss/total", 0.0))
-            if not (np.isfinite(total_norm) and np.isfinite(loss_total)):
-                raise TrainingError(
-                    f"GRPO update, epoch {epoch + 1} minibatch {mb + 1}: the loss is {loss_total} and the "
-                    f"gradient norm {total_norm}; stopped before this optimizer step, nothing of this "
-                    "iteration was saved (the last checkpoint is intact). Lower --lr or check the rewards"
-                )
-            optimizer.step()
-            out["update/steps"] += 1
-            if epoch == 0 and mb == 0:
-                dev = (new_lp.detach() - batch.logprobs[idx]).abs()  # (m, j)
-                local_mean = float(dev.mean()) if dev.numel() else 0.0
-                out["first_mb/log_ratio_abs_mean"] = ctx.allreduce_mean({"v": local_mean}, dev.numel())["v"]
-            epoch_stats.append(st)
-            for k, v in gn.items():
-                grad_norms.setdefault(k, []).append(float(v))
-        epochs_run += 1
-        mb_stats.extend(epoch_stats)
-        batch_k3 = combine_stats(epoch_stats).get("approx_kl/k3", 0.0)  # this epoch's batch-mean k3
-        out["update/batch_k3"] = batch_k3
-        if epoch + 1 < cfg.epochs and ctx.any_true(kl_early_stop(batch_k3, cfg)):
-            stop = True
-            break
-    out.update(combine_stats(mb_stats))
-    out.update({k: float(np.mean(v)) for k, v in grad_norms.items()})
-    out["update/epochs_run"] = float(epochs_run)
-    out["update/early_stop"] = float(stop)
-    return out
-
-
-def _minibatch_backward(
-    model,
-    batch: RolloutBatch,
-    idx: torch.Tensor,
-    adv: torch.Tensor,
-    wts: torch.Tensor,
-    valid_all: torch.Tensor,
-    sampler,
-    cfg: GRPOConfig,
-    prefix_frozen: bool,
-    ref_model,
-) -> tuple[torch.Tensor, dict[str, float], float]:
-    """Loss of the rows `idx` (m,) normalized by their own term weight, backpropagated.
-    Returns the recomputed log-probs (m, j), the loss statistics and the term weight."""
-    rows = batch.obs_index[idx]
-    chains, step_ids = batch.chains[idx], batch.step_ids[idx]
-    if prefix_frozen and batch.caches is not None:
-        cache = batch.caches.index(rows)
-        new_lp, means = recompute_logprob(model, None, chains, step_ids, sampler, cache=cache)
-    else:
-        cache = None
-        new_lp, means = recompute_logprob(model, batch.inputs.index(rows), chains, step_ids, sampler)
-    ref_kl = None
-    if cfg.kl_beta > 0:
-        with torch.no_grad():  # the frozen prefix is the same for the reference; else rebuild it
-            ref_in = None if cache is not None else batch.inputs.index(rows)
-            _, ref_means = recompute_logprob(ref_model, ref_in, chains, step_ids, sampler, cache=cache)
-        mask = exec_mask(chains.shape[2], chains.shape[3], sampler.h_exec, sampler.d_exec)
-        ref_kl = gaussian_kl(means, ref_means, step_std(step_ids, sampler), mask)  # (m, j)
-    total = total_term_weight(wts[idx], valid_all[idx])
-    loss, st = grpo_loss(
-        new_lp, batch.logprobs[idx], adv[idx], wts[idx], valid_all[idx], cfg, total, ref_kl=ref_kl
-    )
-    loss.backward()
-    return new_lp, st, total
-
-
-def wave_streams(seed: int, iteration: int, wave: int) -> tuple[np.random.Generator, torch.Generator]:
-    """The rollout RNGs of wave `wave` of iteration `iteration` (`RLConfig.wave_rng`): a numpy Generator
-    (branch points) and a torch Generator (noise), functions of the three numbers alone."""
-    np_seq, torch_seq = np.random.SeedSequence([seed, iteration, wave]).spawn(2)
-    torch_seed = int(torch_seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))  # < 2**63
-    return np.random.default_rng(np_seq), torch.Generator().manual_seed(torch_seed)
-
-
-def combine_rollout_stats(parts: list[dict[str, float]], parallel: bool) -> dict[str, float]:
-    """The `RolloutBatch.stats` of several batches as one: counters summed; `time/*` summed for batches
-    collected one after another, the max for ranks collecting in parallel (wall time); env_step_ratio
-    recomputed from the summed env steps."""
-    out: dict[str, float] = {}
-    for k in dict.fromkeys(k for p in parts for k in p):
-        vals = [float(p[k]) for p in parts if k in p]
-        out[k] = max(vals) if parallel and k.startswith("time/") else float(sum(vals))
-    if "env_step_ratio" in out:
-        flat_steps = out.get("env_steps_flat_equiv", 0.0)
-        out["env_step_ratio"] = out.get("env_steps", 0.0) / flat_steps if flat_steps else float("nan")
-    return out
-
-
-def merge_batches(batches: list[RolloutBatch]) -> RolloutBatch:
-    """Concatenate rollout batches (in order) into one: observation rows and group indices shifted."""
-    if len(batches) == 1:
-        return batches[0]
-    obs_shift = np.cumsum([0] + [b.inputs.images.shape[0] for b in batches[:-1]])
-    group_shift = np.cumsum([0] + [len(b.groups) for b in batches[:-1]])
-    caches = [b.caches for b in batches]
-    return RolloutBatch(
-        groups=[g for b in batches for g in b.groups],
-        inputs=cat_inputs([b.inputs for b in batches]),
-        caches=None if any(c is None for c in caches) else cat_caches(caches),  # type: ignore[arg-type]
-        obs_index=torch.cat([b.obs_index + int(o) for b, o in zip(batches, obs_shift)]),  # (n,)
-        chains=torch.cat([b.chains for b in batches]),  # (n, k+1, h, a)
-        step_ids=torch.cat([b.step_ids for b in batches]),  # (n, j)
-        logprobs=torch.cat([b.logprobs for b in batches]),  # (n, j)
-        chunk_group=np.concatenate([b.chunk_group + int(o) for b, o in zip(batches, group_shift)]),
-        chunk_node=np.concatenate([b.chunk_node for b in batches]),
-        stats=combine_rollout_stats([b.stats for b in batches], parallel=False),
-    )
-
-
-def collect_waves(
-    runner,
-    venv,
-    plan: list[tuple[str, int]],
-    cfg: RLConfig,
-    iteration: int,
-    ctx: DistContext,
-    c_med: dict[str, float],
-    keep_caches: bool,
-) -> tuple[RolloutBatch, int]:
-    """This rank's waves of the plan (`venv.num_slots // group_size` groups each, a contiguous share of
-    the waves), each rolled out with its own `wave_streams`, so a wave's records do not depend on the
-    rank that collects it or on the other waves. Returns the batch and the plan index of its first group.
-    """
-    per_wave = venv.num_slots // cfg.rollout.group_size
-    n_waves = _check_waves(len(plan), per_wave, cfg, ctx)
-    lo, hi = ctx.shard_bounds(n_waves)
-    batches = []
-    for w in range(lo, hi):
-        w_rng, w_gen = wave_streams(cfg.seed, iteration, w)
-        part = plan[w * per_wave : (w + 1) * per_wave]
-        batches.append(collect_groups(runner, venv, part, cfg.rollout, w_rng, w_gen, c_med, keep_caches))
-    batch = merge_batches(batches)
-    first = lo * per_wave
-    for i, g in enumerate(batch.groups):
-        g.tree.group = first + i  # the plan index, as a one-call collection numbers them
-    return batch, first
-
-
-def evaluate_sharded(ctx: DistContext, runner, venv, tasks: list[str], cfg: EvalConfig) -> EvalResult:
-    """`evaluate`, the tasks split over the data-parallel ranks and the results gathered on every rank.
-    An episode's noise comes from its seed, so a task's result does not depend on the rank."""
-    if not ctx.is_distributed:
-        return evaluate(runner, venv, tasks, cfg)
-    mine = list(ctx.shard(tasks))
-    parts = ctx.all_gather_object(evaluate(runner, venv, mine, cfg) if mine else None)
-    done = [p for p in parts if p is not None]
-    results = {t: r for p in done for t, r in p.tasks.items()}
-    by_task = {t: results[t] for t in tasks}
-    avg = float(np.mean([r.rate for r in by_task.values()])) if by_task else 0.0
-    frames = {t: f for p in done for t, f in p.frames.items()}
-    return EvalResult(by_task, avg, sum(p.env_steps for p in done), frames)
-
-
-def _check_waves(groups: int, per_wave: int, cfg: RLConfig, ctx: DistContext) -> int:
-    """The number of waves of `groups` groups; every rank needs at least one (checked on all ranks)."""
-    if per_wave < 1:
-        raise ConfigError(f"--num-slots {cfg.num_slots} < --rollout.group-size {cfg.rollout.group_size}")
-    n_waves = -(-groups // per_wave)
-    if n_waves < ctx.world_size:
-        raise ConfigError(
-            f"{groups} groups per iteration make {n_waves} waves of {per_wave} (--num-slots {cfg.num_slots} "
-            f"// --rollout.group-size {cfg.rollout.group_size}) for {ctx.world_size} ranks, and every rank "
-            f"needs a wave: lower --num-slots to {cfg.rollout.group_size * max(1, groups // ctx.world_size)} "
-            "or raise --groups-per-task"
-        )
-    return n_waves
-
-
 def _check_distributed(cfg: RLConfig, ctx: DistContext) -> bool:
     """Whether rollouts draw per-wave streams (`RLConfig.wave_rng`); refuses what torchrun cannot run."""
     wave_rng = ctx.is_distributed if cfg.wave_rng is None else cfg.wave_rng
@@ -527,7 +251,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     wave_rng = _check_distributed(cfg, ctx)
     tasks = resolve_tasks(cfg.tasks)
     if ctx.is_distributed:  # fail before any work, on every rank alike
-        _check_waves(cfg.groups_per_task * len(tasks), cfg.num_slots // cfg.rollout.group_size, cfg, ctx)
+        check_waves(cfg.groups_per_task * len(tasks), cfg.num_slots, cfg.rollout.group_size, ctx.world_size)
     out = Path(cfg.out)
     ckpt_dir = out / "rl_ckpt"
     if ctx.is_main:
@@ -567,12 +291,10 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     if cfg.grpo.kl_beta > 0:  # the policy GRPO starts from anchors the update (B.4)
         ref_model = copy.deepcopy(load_checkpoint(Path(cfg.init)).model).eval().requires_grad_(False)
     sel = SelectiveConfig(**{**asdict(cfg.selective), "lr_expert": cfg.lr})
-    groups = apply_selective(model, sel)
-    prefix_is_frozen = frozen_prefix(model, sel)
-    optimizer = torch.optim.AdamW(groups.optimizer_groups(), betas=(0.9, 0.95), eps=1e-8)
     # Every rank keeps these in lockstep: the same draws (task counts, minibatch permutations) in order.
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    learner = Learner.create(model, sel, cfg.grpo, cfg.grad_clip, generator, ctx, ref_model)
     task_stats = TaskTimeStats()
     for t in tasks:
         task_stats.register(t, cfg.rollout.max_steps)
@@ -581,7 +303,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     if resume:
         state = load_train_state(
             ckpt_dir / "train_state",
-            optimizer,
+            learner.optimizer,
             torch_generators={"main": generator},
             numpy_rngs={"main": rng},
         )
@@ -602,15 +324,12 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
             cfg.rollout.share_prefix,
             tokenizer_path=loaded.tokenizer_path,
         )
-        sampler = runner.sampler(
-            "sde", cfg.rollout.num_steps, cfg.rollout.noise_level, cfg.rollout.stochastic, cfg.rollout.window
-        )
         eval_cfg = EvalConfig(
             episodes_per_task=max(1, cfg.eval_episodes),  # unused with --eval-episodes 0
             num_steps=cfg.rollout.num_steps,
             max_steps=cfg.rollout.max_steps,
         )
-        flat = cfg.rollout.mode == "flat"
+        it_cfg = IterationConfig(cfg.rollout, cfg.reward, cfg.advantage, seed=cfg.seed, wave_rng=wave_rng)
         if start_iter == 0 and cfg.calibration_episodes > 0 and cfg.rollout.mode == "tree":
             # The SFT policy's success lengths seed C_med (branch points) and T_min (reward calibration).
             base = evaluate_sharded(
@@ -638,78 +357,13 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                 stride = max(counts) if cfg.task_sampling.mode == "uniform" else sum(counts)
                 plan = group_plan(tasks, counts, it, stride)
                 cmed = c_med_by_task(task_stats, tasks, cfg.rollout.h_exec, cfg.rollout.max_steps)
-                model.eval()
-                first = 0
-                if wave_rng:
-                    batch, first = collect_waves(
-                        runner, venv, plan, cfg, it, ctx, cmed, keep_caches=prefix_is_frozen
-                    )
-                else:
-                    batch = collect_groups(
-                        runner, venv, plan, cfg.rollout, rng, generator, cmed, keep_caches=prefix_is_frozen
-                    )
-                mine = group_outcomes(batch)
-                branch_nodes = [len(g.tree.branch_nodes()) for g in batch.groups]
-                shared = ctx.all_gather_object((mine, branch_nodes))  # every rank's groups, plan order
-                outcomes = [o for part, _ in shared for o in part]
-                scored = score_batch(
-                    batch, cfg.reward, task_stats, cfg.advantage, flat, outcomes, first_group=first
-                )
-                before = ode_probe(model, batch, sampler)
-                model.train()
-                t0 = time.perf_counter()
-                upd = grpo_update(
-                    model,
-                    optimizer,
-                    groups,
-                    batch,
-                    scored.advantages,
-                    scored.weights,
-                    scored.trainable,
-                    sampler,
-                    cfg.grpo,
-                    cfg.grad_clip,
-                    prefix_is_frozen,
-                    generator,
-                    ref_model,
-                )
-                t_update = time.perf_counter() - t0
-                model.eval()
-                after = ode_probe(model, batch, sampler)
-                shift = None
-                if before is not None and after is not None:  # RMS move of the eval-time actions
-                    shift = (after - before).pow(2)  # (r, h_exec, d_exec)
-                    upd["update/ode_action_shift"] = float(shift.mean().sqrt())
-                rollout_stats = batch.stats
-                metrics: dict[str, float] = {**scored.stats, **upd}
-                if ctx.is_distributed:  # sums over the ranks' batches (max of the wall times)
-                    shift_sums = None if shift is None else (float(shift.double().sum()), shift.numel())
-                    parts = ctx.all_gather_object((batch.stats, scored.chunks, t_update, shift_sums))
-                    rollout_stats = combine_rollout_stats([p[0] for p in parts], parallel=True)
-                    metrics.update(chunk_stats([p[1] for p in parts]))
-                    t_update = max(p[2] for p in parts)
-                    sums = [p[3] for p in parts if p[3] is not None]
-                    if sums:
-                        sq, n = sum(x for x, _ in sums), sum(c for _, c in sums)
-                        metrics["update/ode_action_shift"] = float(np.sqrt(sq / n))
-                cum_env += rollout_stats["env_steps"]
-                cum_flat += rollout_stats["env_steps_flat_equiv"]
-                metrics.update({f"rollout/{k}": v for k, v in rollout_stats.items()})
-                metrics.update(
-                    {"env_steps": cum_env, "env_steps_flat_equiv": cum_flat, "time/update": t_update}
-                )
-                metrics["time/rollout"] = rollout_stats["time/rollout"]
-                succ_by_task: dict[str, list[bool]] = {}
-                for o in outcomes:
-                    succ_by_task.setdefault(o.task, []).extend(o.successes.tolist())
-                for t, s in succ_by_task.items():
-                    metrics[f"train_success/{t}"] = float(np.mean(s))
+                res = iteration(learner, runner, venv, plan, task_stats, it_cfg, rng, index=it, c_med=cmed)
+                task_stats = res.task_stats
+                cum_env += res.env_steps
+                cum_flat += res.env_steps_flat
+                metrics = {**res.metrics, "env_steps": cum_env, "env_steps_flat_equiv": cum_flat}
                 for t, c in zip(tasks, counts):
                     metrics[f"groups_of/{t}"] = float(c)
-                metrics["train_success_avg"] = float(np.mean([np.mean(s) for s in succ_by_task.values()]))
-                metrics["tree/leaves_per_group"] = float(np.mean([len(o.successes) for o in outcomes]))
-                metrics["tree/branch_nodes"] = float(np.mean([n for _, part in shared for n in part]))
-                metrics["tree/prefix_forwards_saved"] = rollout_stats["prefix_forwards_saved"]
                 if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
                     metrics.update(eval_metrics(evaluate_sharded(ctx, runner, venv, tasks, eval_cfg)))
                 done_iters = it + 1
@@ -717,7 +371,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     continue
                 logger.log(it + 1, metrics)
                 spec = TrainStateSpec(
-                    optimizer,
+                    learner.optimizer,
                     {},
                     {
                         "iteration": it,
