@@ -15,31 +15,77 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from z1.evaluate import EvalResult, TaskResult, wilson_interval
-from z1.media import save_filmstrips
+from z1.evaluate import EVAL_SEED_BASE, EvalResult, Example, TaskResult, wilson_interval
+from z1.media import save_examples, save_filmstrips
 from z1.report import load_run, write_report
+from z1.report.stats import mean_estimate, paired_delta
 
 TASKS = ("reach-v3", "push-v3", "button-press-topdown-v3")
 SFT_SUCC = {"reach-v3": 24, "push-v3": 9, "button-press-topdown-v3": 17}  # of 30
 RL_SUCC = {"reach-v3": 28, "push-v3": 16, "button-press-topdown-v3": 15}
 EPISODES = 30
 ITERS = 10
-N_CURVES_FULL = 5  # eval, train, groups, env steps, SFT loss (no SFT eval in the fake metrics)
+N_LEARNING = 5  # eval, train, groups, env steps, SFT loss (no SFT eval in the fake metrics)
+N_OPTIMISATION = 4  # KL, clip fractions, ratio, grad norm
+N_CURVES_FULL = N_LEARNING + N_OPTIMISATION
+SEEDS = [EVAL_SEED_BASE + i for i in range(EPISODES)]
 
 
-def _eval(succ: dict[str, int], rng: np.random.Generator, max_steps: int = 160) -> EvalResult:
-    tasks = {}
+def _seed_flags(succ: dict[str, int], seed: int = 0) -> dict[str, list[bool]]:
+    """Per task, success of each eval seed (SEEDS order). With the same `seed`, the successes of a run
+    with fewer successes are a subset of those of a run with more: SFT -> RL pairs that only win (or
+    only lose), as a policy that keeps what it could do."""
+    rng = np.random.default_rng(seed)
+    out = {}
     for t, k in succ.items():
-        flags = [True] * k + [False] * (EPISODES - k)
-        rng.shuffle(flags)
+        rank = rng.permutation(EPISODES)  # rank[i]: how easy seed i is
+        out[t] = [bool(rank[i] < k) for i in range(EPISODES)]
+    return out
+
+
+def _eval(
+    flags_by_task: dict[str, list[bool]],
+    rng: np.random.Generator,
+    max_steps: int = 160,
+    reverse: bool = False,
+    seeds: bool = True,
+) -> EvalResult:
+    """An EvalResult of per-seed flags; `reverse` stores the episodes in reverse seed order (the report
+    must pair by seed, not by position), `seeds=False` as results written before seeds were stored."""
+    tasks = {}
+    for t, flags in flags_by_task.items():
+        k = sum(flags)
         lengths = [int(rng.integers(40, 120)) if f else max_steps for f in flags]
+        order = list(range(EPISODES))[::-1] if reverse else list(range(EPISODES))
         lo, hi = wilson_interval(k, EPISODES)
         ok = [n for n, f in zip(lengths, flags) if f]
         tasks[t] = TaskResult(
-            t, EPISODES, k, k / EPISODES, lo, hi, float(np.mean(lengths)), float(np.mean(ok)), lengths, flags
+            t,
+            EPISODES,
+            k,
+            k / EPISODES,
+            lo,
+            hi,
+            float(np.mean(lengths)),
+            float(np.mean(ok)),
+            [lengths[i] for i in order],
+            [flags[i] for i in order],
+            [SEEDS[i] for i in order] if seeds else [],
         )
     avg = float(np.mean([r.rate for r in tasks.values()]))
     return EvalResult(tasks, avg, int(sum(sum(r.lengths) for r in tasks.values())))
+
+
+def _examples(result: EvalResult, rng: np.random.Generator) -> dict[str, list[Example]]:
+    """The lowest-seed success and failure of each task, with toy frames (as evaluate() keeps them)."""
+    out = {}
+    for t, r in result.tasks.items():
+        out[t] = []
+        for outcome in (True, False):
+            hits = sorted((s, n) for s, f, n in zip(r.seeds, r.success_flags, r.lengths) if f == outcome)
+            if hits:
+                out[t].append(Example(hits[0][0], outcome, hits[0][1], _episode_frames(rng, n=12)))
+    return out
 
 
 def _episode_frames(rng: np.random.Generator, n: int = 40, size: int = 64) -> list[np.ndarray]:
@@ -64,20 +110,28 @@ def make_run_dir(
     filmstrips: bool = True,
     timings: bool = True,
     sft_metrics: bool = True,
+    videos: bool = False,
+    quick: bool = False,
+    tasks_override: str | None = None,
+    name: str = "demo-run",
+    rl_succ: dict[str, int] | None = None,
 ) -> Path:
-    """A run directory as `z1 demo` leaves it: 3 tasks, 10 GRPO iterations, filmstrips."""
+    """A run directory as `z1 demo` leaves it: 3 tasks, 10 GRPO iterations, filmstrips (or, with `videos`,
+    the example filmstrips and clips of `media.save_examples`)."""
     rng = np.random.default_rng(0)
-    run = root / "demo-run"
+    run = root / name
     run.mkdir(parents=True)
     (run / "run.json").write_text(
         json.dumps(
             {
                 "preset": "mw-quick",
+                "quick": quick,
                 "command": "z1 demo --preset mw-quick",
                 "started": "2026-05-01T12:00:00+00:00",
                 "tasks": list(TASKS),
                 "config": {
                     "preset": "mw-quick",
+                    "tasks": tasks_override,
                     "seed": 0,
                     "rl": {
                         "iterations": ITERS,
@@ -95,7 +149,7 @@ def make_run_dir(
         t.update({"rl": 1330.7, "eval_rl": 97.3})
     if timings:
         (run / "timings.json").write_text(json.dumps(t))
-    sft_eval = _eval(SFT_SUCC, rng)
+    sft_eval = _eval(_seed_flags(SFT_SUCC), rng)
     (run / "eval_sft.json").write_text(json.dumps(sft_eval.to_json()))
     t0 = 1.7e9
     if sft_metrics:
@@ -111,7 +165,7 @@ def make_run_dir(
                 }
                 fh.write(json.dumps(row) + "\n")
     if rl:
-        rl_eval = _eval(RL_SUCC, rng)
+        rl_eval = _eval(_seed_flags(rl_succ or RL_SUCC), rng, reverse=True)
         (run / "eval_rl.json").write_text(json.dumps(rl_eval.to_json()))
         with (run / "rl_metrics.jsonl").open("w") as fh:
             base = {f"eval_success/{k}": r.rate for k, r in sft_eval.tasks.items()}
@@ -140,8 +194,14 @@ def make_run_dir(
                     "tree/prefix_forwards_saved": 120.0 + it,
                     "tree/trainable_edge_frac": 0.6 + 0.01 * it,
                     "ratio/mean": 1.0 + 0.001 * it,
+                    "ratio/min": 0.8,
+                    "ratio/max": 1.2 + 0.01 * it,
                     "clip_frac/high": 0.02,
+                    "clip_frac/low": 0.01,
+                    "approx_kl/k1": 2e-4 * it,
                     "approx_kl/k3": 1e-4 * it,
+                    "grad_norm/total": 0.5 + 0.05 * it,
+                    "grad_norm/expert": 0.4 + 0.05 * it,
                     "loss/policy": -0.01 * it,
                     "time/rollout": 100.0,
                     "time/update": 25.0,
@@ -155,7 +215,12 @@ def make_run_dir(
                 json.dumps({"step": ITERS, "time": t0 + 1400, **final, "eval_success_avg": rl_eval.average})
                 + "\n"
             )
-    if filmstrips:  # written by the pipeline's own writer: 8 frames of 64 px, upscaled to 96 px high
+    if videos:  # the demo's writer: a filmstrip and a clip of each example episode
+        for stage, result in (("sft", sft_eval), ("rl", rl_eval)) if rl else (("sft", sft_eval),):
+            result.examples = _examples(result, rng)
+            (run / f"eval_{stage}.json").write_text(json.dumps(result.to_json()))
+            save_examples(result.examples, run, stage)
+    elif filmstrips:  # written by the pipeline's own writer: 8 frames of 64 px, upscaled to 96 px high
         for stage in ("sft", "rl") if rl else ("sft",):
             save_filmstrips({t: [_episode_frames(rng)] for t in TASKS}, run / "filmstrips", stage)
     return run
@@ -226,20 +291,27 @@ def test_full_report_table_images_and_markdown(tmp_path):
     # Per-task table: numbers recomputed here from the successes, independently of the report.
     rows = doc.tables["success-table"]
     header, body = rows[0], rows[1:]
-    assert header[:6] == ["task", "SFT", "SFT 95% CI", "GRPO", "GRPO 95% CI", "Δ points"]
+    assert header[:7] == ["task", "SFT", "SFT 95% CI", "GRPO", "GRPO 95% CI", "Δ points", "Δ 95% CI"]
     by_task = {r[0]: r for r in body}
+    sft_flags, rl_flags = _seed_flags(SFT_SUCC), _seed_flags(RL_SUCC)
     for t in TASKS:
         s, r = SFT_SUCC[t], RL_SUCC[t]
         assert by_task[t][1:6] == [_pct(s), _ci(s), _pct(r), _ci(r), f"{100 * (r - s) / EPISODES:+.1f}"]
-        assert by_task[t][6] == f"{EPISODES} / {EPISODES}"
+        d = paired_delta(sft_flags[t], rl_flags[t])  # eval_rl.json stores its episodes in reverse order
+        assert by_task[t][6] == f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+        assert by_task[t][7] == f"{EPISODES} / {EPISODES}"
     sft_avg = np.mean([SFT_SUCC[t] / EPISODES for t in TASKS])
     rl_avg = np.mean([RL_SUCC[t] / EPISODES for t in TASKS])
     assert by_task["average"][1] == f"{100 * sft_avg:.1f}%"
     assert by_task["average"][3] == f"{100 * rl_avg:.1f}%"
     assert by_task["average"][5] == f"{100 * (rl_avg - sft_avg):+.1f}"
+    avg = mean_estimate([paired_delta(sft_flags[t], rl_flags[t]) for t in TASKS])
+    assert by_task["average"][6] == f"[{100 * avg.low:+.1f}, {100 * avg.high:+.1f}]"
     assert [r[0] for r in body] == [*TASKS, "average"]
-    # Negative deltas are styled as such (button-press got worse).
-    assert 'class="delta down">-6.7<' in html and 'class="delta up">+23.3<' in html
+    # Colour only when the paired interval excludes 0: push and reach only gained (green); button-press
+    # lost 2 of 30 episodes and nothing else, which its interval does not tell apart from 0 (grey).
+    assert 'class="delta up">+23.3<' in html and 'class="delta up">+13.3<' in html
+    assert 'class="delta flat">-6.7<' in html and 'class="delta down"' not in html
 
     # Summary paragraph: averages, delta, env steps, saving, wall time.
     summary = re.search(r'<p class="lead" id="summary">(.*?)</p>', html).group(1)
@@ -308,13 +380,14 @@ def test_sft_only_run_says_what_is_missing(tmp_path):
     assert rows["push-v3"][1:6] == [_pct(9), _ci(9), "—", "—", "—"]
     assert "no GRPO evaluation (eval_rl.json is missing)" in html
     assert "No GRPO metrics (rl_metrics.jsonl is missing or empty)." in html
-    assert "No filmstrips/ directory in this run" in html
+    assert "No filmstrips/ or videos/ in this run" in html
     assert "Missing: eval_rl.json." in html
     # Only the SFT loss curve can be drawn; the others are listed as not shown.
     assert len(doc.imgs) == 1
     assert "Train success (SDE rollouts): no train_success_avg in rl_metrics.jsonl" in html
+    assert "No GRPO metrics (rl_metrics.jsonl is missing or empty), so no optimisation curves." in html
     md = (run / "report.md").read_text()
-    assert "No filmstrips/ directory" in md and "not shown: Group outcomes" in md
+    assert "No filmstrips/ or videos/" in md and "not shown: Group outcomes" in md
 
 
 def test_empty_and_broken_run_dirs(tmp_path):
@@ -346,7 +419,7 @@ def test_empty_and_broken_run_dirs(tmp_path):
 
 
 def test_filmstrip_subset_and_stale_assets(tmp_path, monkeypatch):
-    import z1.report as report
+    import z1.report.episodes as episodes
 
     run = make_run_dir(tmp_path)
     (run / "filmstrips" / "rl_push-v3.png").unlink()
@@ -360,7 +433,7 @@ def test_filmstrip_subset_and_stale_assets(tmp_path, monkeypatch):
     assert (run / "report_assets" / "filmstrip-sft-push-v3.png").is_file()
 
     # A later report with fewer tasks shown removes the assets it no longer references.
-    monkeypatch.setattr(report, "MAX_FILMSTRIP_TASKS", 1)
+    monkeypatch.setattr(episodes, "MAX_FILMSTRIP_TASKS", 1)
     write_report(run)
     md = (run / "report.md").read_text()
     assert "2 more task(s) in filmstrips/: reach-v3, button-press-topdown-v3." in md
@@ -376,9 +449,11 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     real_fsync = os.fsync
     calls = {"n": 0}
 
+    n_assets = N_CURVES_FULL + 2 * len(TASKS)
+
     def failing_fsync(fd):
         calls["n"] += 1
-        if calls["n"] > 11:  # 11 assets written, then the markdown fails mid-write
+        if calls["n"] > n_assets:  # every asset written, then the markdown fails mid-write
             raise OSError("disk full")
         real_fsync(fd)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_report import TASKS, make_run_dir
+from test_report import N_CURVES_FULL, TASKS, make_run_dir
 from z1.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,7 +57,7 @@ def test_dom_has_table_and_every_image_decodes(report, tmp_path):
     ok = re.search(r'data-images-ok="(\d+)"', dom)
     assert total and ok, "the load handler did not run: " + dom[:500]
     n_expected = report.read_text().count("<img ")
-    assert n_expected == 5 + 2 * len(TASKS)
+    assert n_expected == N_CURVES_FULL + 2 * len(TASKS)
     assert int(total.group(1)) == n_expected and int(ok.group(1)) == n_expected
     table = re.search(r'<table id="success-table">.*?</table>', dom, re.S)
     assert table is not None

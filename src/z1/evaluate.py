@@ -3,7 +3,9 @@
 Episodes are spread over the env slots of a vector env; the policy is batched over all slots that
 need an action. Success is latched (Meta-World's protocol: success at any step) and an episode stops
 at its first success or at the time limit. Results are per-task success with a Wilson 95% interval
-and the mean episode length, printed as a markdown table and written as JSON.
+and the mean episode length, printed as a markdown table and written as JSON. Per-episode lengths and
+success flags are stored in seed order with their seeds, so two evaluations at the same seeds can be
+compared episode by episode (the report's paired intervals on a change in success).
 
 When an env host dies (`EnvWorkerError`), the episodes in flight are dropped and run again from their
 start; an episode's noise comes from its own seed, so the result is the undisturbed run's.
@@ -32,6 +34,9 @@ class EvalConfig:
     num_steps: int = 10  # denoise steps K (ODE)
     max_steps: int | None = None  # cap on env steps per episode (default: the env's limit)
     videos_per_task: int = 0  # record the first N episodes of each task as frame lists
+    # Keep the frames of the lowest-seed success and the lowest-seed failure of each task (`examples`):
+    # a representative episode of each outcome for the report's videos and filmstrips.
+    record_examples: bool = False
 
     def __post_init__(self) -> None:
         check_int(self.episodes_per_task, "--episodes", low=1)
@@ -52,8 +57,19 @@ class TaskResult:
     ci_high: float
     mean_length: float
     mean_success_length: float | None
-    lengths: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # in seed order, as are the flags
     success_flags: list[bool] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # the eval seed of each episode
+
+
+@dataclass
+class Example:
+    """A recorded episode kept as a representative of its outcome (`EvalConfig.record_examples`)."""
+
+    seed: int
+    success: bool
+    length: int
+    frames: list[np.ndarray]  # one (y, x, 3) uint8 frame per executed chunk, the reset frame first
 
 
 @dataclass
@@ -62,13 +78,20 @@ class EvalResult:
     average: float
     env_steps: int
     frames: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)  # task -> episodes -> frames
+    examples: dict[str, list[Example]] = field(default_factory=dict)  # task -> success first, then failure
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "average": self.average,
             "env_steps": self.env_steps,
             "tasks": {k: asdict(v) for k, v in self.tasks.items()},
         }
+        if self.examples:  # which episodes the filmstrips and videos show (frames are not JSON)
+            out["examples"] = {
+                t: [{"seed": e.seed, "success": e.success, "length": e.length} for e in eps]
+                for t, eps in self.examples.items()
+            }
+        return out
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -93,7 +116,9 @@ def evaluate(
     sampler = runner.sampler("ode", cfg.num_steps)
     lengths: dict[str, list[int]] = {t: [] for t in tasks}
     flags: dict[str, list[bool]] = {t: [] for t in tasks}
+    seeds: dict[str, list[int]] = {t: [] for t in tasks}
     frames: dict[str, list[list[np.ndarray]]] = {t: [] for t in tasks}
+    examples: dict[str, dict[bool, Example]] = {t: {} for t in tasks}  # task -> outcome -> lowest seed
     active: dict[int, dict] = {}
     obs: dict[int, object] = {}
     env_steps = 0
@@ -107,11 +132,16 @@ def evaluate(
             queue.appendleft((task, seed))
             raise
         record = cfg.videos_per_task > 0 and len(frames[task]) < cfg.videos_per_task
+        # An episode can still become an example while some outcome has none of a lower seed; episodes
+        # start in seed order, so recording stops once a task has both outcomes.
+        keep = examples[task]
+        want = cfg.record_examples and any(o not in keep or keep[o].seed > seed for o in (True, False))
         # The ODE is deterministic given its initial noise; each episode draws that noise from its own
         # generator, so results do not depend on which slot or batch the episode ran in.
         gen = torch.Generator().manual_seed(seed)
         ep = {"task": task, "seed": seed, "t": 0, "frames": [] if record else None, "gen": gen}
         ep["order"] = total - len(queue)  # position in the episode list
+        ep["example"] = [_frame(ob)] if want else None
         if record:
             frames[task].append(ep["frames"])
             ep["frames"].append(_frame(ob))
@@ -160,18 +190,29 @@ def evaluate(
             ep = active[s]
             ep["t"] += r.steps
             obs[s] = r.observation
-            if ep["frames"] is not None and r.observation is not None:
-                ep["frames"].append(_frame(r.observation))
+            if r.observation is not None:
+                for rec in (ep["frames"], ep["example"]):
+                    if rec is not None:
+                        rec.append(_frame(r.observation))
             if r.success or r.done or ep["t"] >= max_steps:
                 lengths[ep["task"]].append(ep["t"])
                 env_steps += ep["t"]  # finished episodes only (a re-run one counts once)
                 flags[ep["task"]].append(bool(r.success))
+                seeds[ep["task"]].append(ep["seed"])
+                if ep["example"] is not None:
+                    ok, keep = bool(r.success), examples[ep["task"]]
+                    if ok not in keep or keep[ok].seed > ep["seed"]:
+                        keep[ok] = Example(ep["seed"], ok, ep["t"], ep["example"])
                 del active[s]
                 done_count += 1
                 if progress is not None:
                     progress(done_count, total)
     results_by_task: dict[str, TaskResult] = {}
     for t in tasks:
+        order = np.argsort(seeds[t], kind="stable")  # seed order: independent of which slot ran what
+        seeds[t] = [seeds[t][i] for i in order]
+        flags[t] = [flags[t][i] for i in order]
+        lengths[t] = [lengths[t][i] for i in order]
         n = len(flags[t])
         k = int(sum(flags[t]))
         lo, hi = wilson_interval(k, n)
@@ -187,9 +228,11 @@ def evaluate(
             mean_success_length=float(np.mean(succ_lens)) if succ_lens else None,
             lengths=lengths[t],
             success_flags=flags[t],
+            seeds=seeds[t],
         )
     avg = float(np.mean([r.rate for r in results_by_task.values()])) if results_by_task else 0.0
-    return EvalResult(results_by_task, avg, env_steps, {t: f for t, f in frames.items() if f})
+    kept = {t: [e[o] for o in (True, False) if o in e] for t, e in examples.items() if e}
+    return EvalResult(results_by_task, avg, env_steps, {t: f for t, f in frames.items() if f}, kept)
 
 
 def _frame(ob) -> np.ndarray:

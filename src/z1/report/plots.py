@@ -1,4 +1,4 @@
-"""Learning-curve figures for the run report, rendered to PNG bytes.
+"""Figures of the run report and the comparison page, rendered to PNG bytes.
 
 Figures are built with matplotlib's object API (`Figure` + the Agg canvas) inside each function: no
 pyplot, no backend switch and no rcParams changes, so calling these from a notebook or another
@@ -103,8 +103,10 @@ def line_plot(
     percent: bool = False,
     log_y: bool = False,
     size: tuple[float, float] = (5.0, 3.2),
+    xlim: tuple[float, float] | None = None,
 ) -> bytes:
-    """Lines (plus optional horizontal references) as PNG bytes."""
+    """Lines (plus optional horizontal references) as PNG bytes; `xlim` fixes the x range (figures meant
+    to be read side by side share one)."""
     if not series and not hlines:
         raise ValueError(f"line_plot {title!r}: nothing to draw (no series and no reference lines)")
     fig, ax = _new_axes(title, xlabel, ylabel, size)
@@ -124,7 +126,9 @@ def line_plot(
             zorder=3 if s.emphasis else 2,
         )
     xs = [float(v) for s in series for v in s.x]
-    if xs and max(xs) - min(xs) < 2:  # one or two iterations: give the points room
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    elif xs and max(xs) - min(xs) < 2:  # one or two iterations: give the points room
         ax.set_xlim(min(xs) - 1, max(xs) + 1)
     for h in hlines:
         ax.axhline(h.y, color=h.color, linestyle=":", linewidth=1.6, label=h.label, zorder=1)
