@@ -116,10 +116,30 @@ class EvalCmd:
 
 @dataclass(frozen=True)
 class ReportCmd:
-    """Write report.html and report.md for a run directory."""
+    """Write report.html and report.md into a run directory (`z1 demo`, `z1 rl --out` or `z1 sft --out`
+    output: whatever it holds is shown, what it lacks is said); with several run directories and
+    --out FILE.html, one comparison page instead: success per task with 95% intervals for each run, the
+    change against the first run with paired intervals, learning curves on one env-step axis."""
 
-    run_dir: tyro.conf.Positional[str]
-    """The run directory (e.g. runs/demo-...)."""
+    run_dirs: tyro.conf.Positional[tuple[str, ...]]
+    """One run directory (e.g. runs/demo-...), or several to compare (the first is the baseline)."""
+    out: str | None = None
+    """The comparison page to write (FILE.html; FILE.md and FILE_assets/ beside it). Required with several
+    run directories; a single run's report always goes into its directory."""
+
+    def __post_init__(self) -> None:
+        if not self.run_dirs:
+            raise LimitError("z1 report needs a run directory (or several with --out FILE.html)")
+        if len(self.run_dirs) > 1 and self.out is None:
+            raise LimitError(
+                f"{len(self.run_dirs)} run directories make a comparison page: pass --out FILE.html "
+                "(one run's report goes into its own directory)"
+            )
+        if len(self.run_dirs) == 1 and self.out is not None:
+            raise LimitError(
+                "--out is for comparison pages of several run directories; one run's report is written "
+                f"into {self.run_dirs[0]}"
+            )
 
 
 @dataclass(frozen=True)
@@ -285,9 +305,12 @@ def eval_num_steps(flag: int | None, conventions) -> int:
 def _cmd_report(c: ReportCmd) -> None:
     from pathlib import Path
 
-    from z1.report import write_report
+    from z1.report import write_comparison, write_report
 
-    html, md = write_report(Path(c.run_dir))
+    if c.out is not None:
+        html, md = write_comparison([Path(d) for d in c.run_dirs], Path(c.out))
+    else:
+        html, md = write_report(Path(c.run_dirs[0]))
     print(f"wrote {html}\nwrote {md}")
 
 

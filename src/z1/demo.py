@@ -121,7 +121,7 @@ def _machine() -> dict:
 
 
 def _eval_stage(ckpt: Path, tasks: list[str], b: DemoBudget, cfg: DemoConfig, run: Path, stage: str, console):
-    from z1.media import save_filmstrips
+    from z1.media import save_examples
     from z1.models.checkpoint import load_checkpoint
     from z1.train.setup import build_runner, make_vector_env, progress_bar, suite_for
 
@@ -137,7 +137,10 @@ def _eval_stage(ckpt: Path, tasks: list[str], b: DemoBudget, cfg: DemoConfig, ru
             loaded.model, loaded.norm, venv.spec, b.h_exec, tokenizer_path=loaded.tokenizer_path
         )
         ecfg = EvalConfig(
-            episodes_per_task=b.eval_episodes, num_steps=b.num_steps, max_steps=b.max_steps, videos_per_task=1
+            episodes_per_task=b.eval_episodes,
+            num_steps=b.num_steps,
+            max_steps=b.max_steps,
+            record_examples=True,  # a success and a failure per task for the report's clips
         )
         with progress_bar(console) as progress:
             task = progress.add_task(f"eval {stage}", total=len(tasks) * b.eval_episodes)
@@ -147,7 +150,9 @@ def _eval_stage(ckpt: Path, tasks: list[str], b: DemoBudget, cfg: DemoConfig, ru
     finally:
         venv.close()
     write_json_atomic(run / f"eval_{stage}.json", result.to_json())
-    save_filmstrips(result.frames, run / "filmstrips", stage)
+    media = save_examples(result.examples, run, stage)
+    if media.videos_skipped:
+        console.print(f"[yellow]{media.videos_skipped}[/yellow]")
     console.print(markdown_table(result, f"{stage.upper()} policy"))
     return result
 
