@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from z1.envs import robocasa as rc
+from z1.envs import robocasa_actions as ra
 from z1.envs.base import EnvError
+from z1.envs.mujoco_state import capture_attrs, restore_attrs
 from z1.envs.robocasa_tasks import ROBOCASA_TASKS, TASK_NAMES, TASKS_BY_NAME
 
 
@@ -35,37 +37,37 @@ def test_task_table() -> None:
 
 def test_action_mapping_order_and_round_trip() -> None:
     a = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-    e = rc.to_env_action(a)
+    e = ra.to_env_action(a)
     assert e.shape == (12,)
     # env/HDF5 order (docs/environments.md#robocasa-actions):
     # eef_pos 0:3, eef_rot 3:6, gripper 6, base 7:10, torso 10, mode 11
     np.testing.assert_array_equal(e, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0, 0, 0, 0, -1])
-    np.testing.assert_array_equal(rc.from_env_action(e), a)
+    np.testing.assert_array_equal(ra.from_env_action(e), a)
     batch = np.random.default_rng(0).uniform(-1, 1, size=(5, 4, 7))  # (b, h, 7)
-    eb = rc.to_env_action(batch)
+    eb = ra.to_env_action(batch)
     assert eb.shape == (5, 4, 12)
-    np.testing.assert_array_equal(rc.from_env_action(eb), batch)
+    np.testing.assert_array_equal(ra.from_env_action(eb), batch)
     assert np.all(np.abs(eb) <= 1.0) and np.all(eb[..., 11] == -1.0) and np.all(eb[..., 7:11] == 0)
     with pytest.raises(EnvError, match="7"):
-        rc.to_env_action(np.zeros(12))
+        ra.to_env_action(np.zeros(12))
     with pytest.raises(EnvError, match="12"):
-        rc.from_env_action(np.zeros(7))
+        ra.from_env_action(np.zeros(7))
 
 
 def test_layout_reorder_matches_brute_force() -> None:
     env_a = np.arange(12.0)  # values name their env index
-    ler = rc.reorder_action(env_a, "env", "lerobot")
+    ler = ra.reorder_action(env_a, "env", "lerobot")
     # GR00T/RoboCasa365: base x,y,yaw (env 7:10), torso (10), mode (11), eef pos (0:3), rot (3:6), grip (6)
     np.testing.assert_array_equal(ler, [7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5, 6])
-    np.testing.assert_array_equal(rc.reorder_action(ler, "lerobot", "env"), env_a)
+    np.testing.assert_array_equal(ra.reorder_action(ler, "lerobot", "env"), env_a)
     with pytest.raises(EnvError, match="unknown action layout"):
-        rc.reorder_action(env_a, "env", "openpi")
+        ra.reorder_action(env_a, "env", "openpi")
 
 
 def test_live_split_check() -> None:
-    rc.check_env_action_split({"right": [0, 6], "right_gripper": [6, 7], "base": [7, 10], "torso": [10, 11]})
+    ra.check_env_action_split({"right": [0, 6], "right_gripper": [6, 7], "base": [7, 10], "torso": [10, 11]})
     with pytest.raises(EnvError, match="Refusing"):  # a base-first controller must not be silently accepted
-        rc.check_env_action_split(
+        ra.check_env_action_split(
             {"base": [0, 3], "torso": [3, 4], "right": [4, 10], "right_gripper": [10, 11]}
         )
 
@@ -159,12 +161,12 @@ def test_stateful_objects_cover_controllers_grippers_observables() -> None:
         "observable.robot0_eef_pos",
     }
     assert paths["robot0.gripper.right"] is grip and paths["observable.robot0_eef_pos"] is obs
-    snap = {p: rc.capture_attrs(o) for p, o in paths.items()}
+    snap = {p: capture_attrs(o) for p, o in paths.items()}
     grip.current_action[:] = 1.0
     obs._time_since_last_sample = 0.04
     raw.timestep = 9
     for p, o in paths.items():
-        rc.restore_attrs(o, snap[p])
+        restore_attrs(o, snap[p])
     assert grip.current_action[0] == 0.0 and obs._time_since_last_sample == 0.01 and raw.timestep == 5
 
 

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from z1.envs.base import Env, EnvError
-from z1.envs.robosuite import (
-    STATE_NAMES,
-    TASKS,
-    RobosuiteEnv,
-    capture_attrs,
-    quat_xyzw_from_mat,
-    restore_attrs,
-)
+from z1.envs.mujoco_state import capture_attrs, restore_attrs
+from z1.envs.robosuite import STATE_NAMES, TASKS, RobosuiteEnv, quat_xyzw_from_mat
 
 pytestmark = pytest.mark.sim
 
