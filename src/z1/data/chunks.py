@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from z1.data.errors import DatasetError
-from z1.data.lerobot_read import Dataset, check_compatible
+from z1.data.lerobot_checks import check_compatible
+from z1.data.lerobot_read import Dataset
 from z1.types import Normalization
 
 

@@ -1,19 +1,15 @@
 """LeRobotDataset v3.0 writer and v3.0 / v2.1 reader: the one import point for the format.
 
 Writer: `lerobot_write.py` (layout, statistics, PNG size per 1,000 frames, atomicity). Reader:
-`lerobot_read.py`. Mapping a dataset's names onto the policy's and choosing its statistics: `mapping.py`.
+`lerobot_read.py` (the `Dataset`) with `lerobot_layout.py`, `lerobot_files.py`, `lerobot_frames.py`,
+`lerobot_stats.py`; fitting a dataset to a policy: `lerobot_checks.py`. Mapping a dataset's names onto the
+policy's and choosing its statistics: `mapping.py`.
 """
 
 from z1.data.errors import DatasetError
-from z1.data.lerobot_read import (
-    Dataset,
-    Episode,
-    ImageSequence,
-    check_compatible,
-    check_images,
-    decode_video_frames,
-    open_dataset,
-)
+from z1.data.lerobot_checks import check_compatible, check_images
+from z1.data.lerobot_frames import Episode, ImageSequence, decode_video_frames
+from z1.data.lerobot_read import Dataset, open_dataset
 from z1.data.lerobot_write import CODEBASE_VERSION, LeRobotWriter, encode_png, make_features
 from z1.data.mapping import DataConfig
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from z1.data.errors import DatasetError
-from z1.data.lerobot_read import Episode, ImageSequence
+from z1.data.lerobot_frames import Episode, ImageSequence
 from z1.data.lerobot_write import LeRobotWriter, make_features
 
 ROBOCASA_SEGMENTS: dict[str, int] = {
