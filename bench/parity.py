@@ -62,7 +62,7 @@ def run(out: Path) -> dict:
     if not data.exists():
         _z1("collect", "--out", str(data), "--tasks", TASKS, "--episodes", "6", "--workers", "0")
     _z1(
-        "sft", "--dataset", str(data), "--out", str(sft), "--preset", "tiny", "--steps", "400",
+        "sft", "--dataset", str(data), "--out", str(sft), "--policy", "tiny", "--steps", "400",
         "--batch-size", "16", "--overwrite",
     )  # fmt: skip
     _z1(

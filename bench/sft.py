@@ -224,7 +224,7 @@ def run_variant(name: str, v: Variant, tasks: list[str], run: Path, args, consol
         SFTConfig(
             dataset=str(data),
             out=str(out),
-            preset=v.preset,
+            policy=v.preset,
             steps=steps,
             batch_size=v.batch or args.batch,
             lr=lr,
@@ -236,7 +236,7 @@ def run_variant(name: str, v: Variant, tasks: list[str], run: Path, args, consol
             log_every=50,
         ),
         console,
-        policy=pc,
+        geometry=pc,
     )
     timings["sft"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -89,7 +89,7 @@ def test_eval_defaults_to_the_checkpoints_inference_steps(tmp_path, capsys):
     common += ["--workers", "0"]
     for ckpt, extra, want in ((recorded, [], 3), (recorded, ["--num-steps", "2"], 2), (plain, [], 10)):
         main(["eval", "--checkpoint", str(ckpt), *common, *extra, "--out", str(tmp_path / "e.json")])
-        assert f"(ODE, K={want}," in capsys.readouterr().out.replace("\n", "")
+        assert f"ODE, K={want}, 1 episodes per task" in capsys.readouterr().out
 
 
 def test_sft_cli_maps_a_dataset_from_elsewhere(tmp_path):

@@ -61,7 +61,7 @@ def test_sft_lowers_the_loss_and_writes_a_loadable_checkpoint(dataset, tmp_path)
     assert len(losses) == 8
     assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
     loaded = load_checkpoint(Path(summary["checkpoint"]))
-    assert loaded.norm is not None and loaded.model.config.name == "tiny"
+    assert loaded.norm is not None and loaded.model.config.name == "laptop"  # the default --policy
 
 
 def test_resume_reproduces_the_uninterrupted_run(dataset, tmp_path):
@@ -94,14 +94,14 @@ def test_dataset_camera_mismatch_is_named(tmp_path):
     assert not (tmp_path / "r" / "sft_ckpt").exists()
 
 
-def test_resume_with_another_preset_is_refused(dataset, tmp_path):
+def test_resume_with_another_policy_is_refused(dataset, tmp_path):
     from z1.config import ConfigError
 
     out = tmp_path / "r"
-    run_sft(SFTConfig(dataset=str(dataset), out=str(out), steps=2, batch_size=4, threads=1))
-    with pytest.raises(ConfigError, match="preset.*'tiny'.*'small'"):
+    run_sft(SFTConfig(dataset=str(dataset), out=str(out), steps=2, batch_size=4, threads=1, policy="tiny"))
+    with pytest.raises(ConfigError, match="--policy: 'tiny' in the run, now 'small'"):
         run_sft(
-            SFTConfig(dataset=str(dataset), out=str(out), steps=4, preset="small", resume=True, threads=1)
+            SFTConfig(dataset=str(dataset), out=str(out), steps=4, policy="small", resume=True, threads=1)
         )
 
 
@@ -170,7 +170,7 @@ def test_conv_stem_policy_trains_and_round_trips(dataset, tmp_path):
         ckpt_every=30,
         threads=1,
     )
-    summary = run_sft(cfg, policy=pc)
+    summary = run_sft(cfg, geometry=pc)
     losses = _losses(tmp_path / "r")
     assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
     loaded = load_checkpoint(Path(summary["checkpoint"]))

@@ -287,7 +287,7 @@ def _cmd_eval(c: EvalCmd) -> None:
 
         save_videos(result.frames, out.parent / "videos", prefix="eval")
     console.print(
-        markdown_table(result, f"{c.checkpoint} (ODE, K={num_steps}, {c.episodes} episodes per task)")
+        markdown_table(result, f"ODE, K={num_steps}, {c.episodes} episodes per task: {c.checkpoint}")
     )
     console.print(f"wrote {out}")
 
@@ -446,23 +446,72 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(code) from None
 
 
+def _pop_option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """`flag VALUE` or `flag=VALUE` taken out of argv (the last one wins, like any other flag)."""
+    value, rest, i = None, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == flag:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise LimitError(f"{flag} needs a value")
+            value, i = argv[i + 1], i + 2
+            continue
+        if a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return value, rest
+
+
+_DEFAULTS_HELP = """
+Defaults: --preset NAME takes every default from a run preset (below); --config FILE replays a run:
+the resolved settings that a run wrote (<out>/{stage}_config.json, or the run directory itself) become
+the defaults. Flags after either override field by field (e.g. a new --out)."""
+
+
+def stage_cli(stage: str, args: list[str]):
+    """`z1 sft|rl [--preset NAME | --config FILE] [flags]` -> the stage's config."""
+    import tyro
+
+    from z1.config import ConfigError
+    from z1.presets import presets_help, run_preset
+    from z1.train.rl import RLConfig
+    from z1.train.runinfo import read_run_config
+    from z1.train.sft import SFTConfig
+
+    cls = SFTConfig if stage == "sft" else RLConfig
+    preset, args = _pop_option(args, "--preset")
+    config, args = _pop_option(args, "--config")
+    if preset is not None and config is not None:
+        raise ConfigError("--preset and --config both set every default; pass one of them")
+    default = None
+    if preset is not None:
+        p = run_preset(preset)
+        if stage == "rl":
+            default = p.rl
+        else:
+            default = SFTConfig(
+                dataset=tyro.MISSING, policy=p.policy, steps=p.sft_steps, batch_size=p.sft_batch
+            )
+    elif config is not None:
+        default = read_run_config(config, cls, stage)
+    description = (cls.__doc__ or "").strip() + "\n" + _DEFAULTS_HELP.format(stage=stage)
+    description += "\n\n" + presets_help()
+    cfg = tyro.cli(cls, default=default, args=args, prog=f"z1 {stage}", description=description)
+    if stage == "rl" and not cfg.init:
+        raise SystemExit("z1 rl: --init CHECKPOINT is required (an SFT or imported checkpoint directory)")
+    return cfg
+
+
 def _main(argv: list[str]) -> None:
     from z1.demo import DemoConfig
     from z1.train.rl import RLConfig
     from z1.train.sft import SFTConfig
 
-    if argv[:1] == ["rl"] and "--preset" in argv:
-        # `z1 rl --preset NAME [overrides...]`: the preset supplies the defaults of every field.
-        from z1.presets import rl_preset
-
-        i = argv.index("--preset")
-        if i + 1 >= len(argv):
-            raise SystemExit("--preset needs a name: mw-quick | mt10 | robosuite | robocasa24-pi05")
-        preset = rl_preset(argv[i + 1])
-        cfg = tyro.cli(RLConfig, default=preset, args=argv[1:i] + argv[i + 2 :], prog="z1 rl")
-        if not cfg.init:
-            raise SystemExit("z1 rl: --init CHECKPOINT is required (an SFT or imported checkpoint directory)")
-        _cmd_rl(cfg)
+    if argv[:1] in (["sft"], ["rl"]):
+        cfg = stage_cli(argv[0], argv[1:])
+        (_cmd_sft if argv[0] == "sft" else _cmd_rl)(cfg)
         return
     if argv[:1] == ["envs"]:
         cmd = tyro.extras.subcommand_cli_from_dict(

@@ -16,66 +16,12 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from z1.config import ConfigError, lookup
+from z1.config import ConfigError
 from z1.evaluate import EvalConfig, EvalResult, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
-from z1.presets import rl_preset
+from z1.presets import RunPreset, quick, run_preset
 from z1.train.rl import run_rl
 from z1.train.sft import SFTConfig, run_sft
-
-
-@dataclass(frozen=True)
-class DemoBudget:
-    """Budgets of one demo preset (a `--quick` variant shrinks them)."""
-
-    tasks: str
-    policy: str  # policy preset of the SFT stage (z1.config.POLICY_PRESETS)
-    episodes_per_task: int  # demonstrations
-    sft_steps: int
-    sft_batch: int
-    eval_episodes: int  # per task, SFT and RL alike
-    rl_iterations: int
-    groups_per_task: int
-    h_exec: int
-    max_steps: int
-    num_steps: int
-
-
-DEMO_PRESETS: dict[str, DemoBudget] = {
-    "mw-quick": DemoBudget(
-        tasks="mw-quick",
-        policy="laptop",
-        episodes_per_task=20,
-        # The SFT recipe of bench/sft.py (laptop policy: 47.5% on 50 episodes/task).
-        sft_steps=2000,
-        sft_batch=32,
-        eval_episodes=30,
-        # 3 groups per task as in bench/rl.py (+12.0 / +11.5 after 26 iterations from the old 28% tiny SFT);
-        # 20 iterations keep the demo within 30 minutes beside the laptop policy's longer SFT. Earlier demo
-        # runs (tiny policy): 24 iterations +6.7; 12 iterations of 2 groups per task -4.2, likely Adam's
-        # full-size steps on the noisier gradient of 8 groups.
-        rl_iterations=20,
-        groups_per_task=3,
-        h_exec=4,
-        max_steps=160,
-        num_steps=5,
-    ),
-}
-QUICK = {
-    "mw-quick": DemoBudget(
-        tasks="mw-quick",
-        policy="laptop",
-        episodes_per_task=3,
-        sft_steps=60,
-        sft_batch=32,
-        eval_episodes=2,
-        rl_iterations=1,
-        groups_per_task=1,
-        h_exec=4,
-        max_steps=40,
-        num_steps=3,
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -83,9 +29,10 @@ class DemoConfig:
     """The whole z1 pipeline on a laptop: demonstrations, SFT, evaluation, GRPO, evaluation, report."""
 
     preset: str = "mw-quick"
-    """Demo preset (task set and budgets)."""
+    """Run preset (z1.presets: tasks, policy, SFT recipe, GRPO settings, evaluation episodes)."""
     quick: bool = False
-    """Tiny budgets that still walk the whole path (about 5 minutes)."""
+    """The preset with tiny budgets that still walk the whole path (about 5 minutes; its numbers mean
+    nothing)."""
     out: str | None = None
     """Run directory (default: runs/demo-<timestamp>)."""
     dataset: str | None = None
@@ -120,7 +67,7 @@ def _machine() -> dict:
     }
 
 
-def _eval_stage(ckpt: Path, tasks: list[str], b: DemoBudget, cfg: DemoConfig, run: Path, stage: str, console):
+def _eval_stage(ckpt: Path, tasks: list[str], p: RunPreset, cfg: DemoConfig, run: Path, stage: str, console):
     from z1.media import save_examples
     from z1.models.checkpoint import load_checkpoint
     from z1.train.setup import build_runner, make_vector_env, progress_bar, suite_for
@@ -134,16 +81,17 @@ def _eval_stage(ckpt: Path, tasks: list[str], b: DemoBudget, cfg: DemoConfig, ru
     )
     try:
         runner = build_runner(
-            loaded.model, loaded.norm, venv.spec, b.h_exec, tokenizer_path=loaded.tokenizer_path
+            loaded.model, loaded.norm, venv.spec, p.rl.rollout.h_exec, tokenizer_path=loaded.tokenizer_path
         )
+        ro = p.rl.rollout
         ecfg = EvalConfig(
-            episodes_per_task=b.eval_episodes,
-            num_steps=b.num_steps,
-            max_steps=b.max_steps,
+            episodes_per_task=p.eval_episodes,
+            num_steps=ro.num_steps,
+            max_steps=ro.max_steps,
             record_examples=True,  # a success and a failure per task for the report's clips
         )
         with progress_bar(console) as progress:
-            task = progress.add_task(f"eval {stage}", total=len(tasks) * b.eval_episodes)
+            task = progress.add_task(f"eval {stage}", total=len(tasks) * p.eval_episodes)
             result: EvalResult = evaluate(
                 runner, venv, tasks, ecfg, progress=lambda d, t: progress.update(task, completed=d)
             )
@@ -182,12 +130,17 @@ def run_demo(cfg: DemoConfig) -> Path:
     from z1.train.setup import resolve_tasks
 
     console = Console()
-    b = (QUICK if cfg.quick else DEMO_PRESETS).get(cfg.preset) or lookup(
-        DEMO_PRESETS, cfg.preset, "demo preset"
-    )
+    p = run_preset(cfg.preset)
+    if cfg.quick:
+        p = quick(p)
     if cfg.tasks:
-        b = replace(b, tasks=cfg.tasks)
-    tasks = resolve_tasks(b.tasks)
+        p = replace(p, rl=replace(p.rl, tasks=cfg.tasks))
+    if p.demos_per_task < 1 and not (cfg.dataset or cfg.sft_checkpoint):
+        raise ConfigError(
+            f"--preset {cfg.preset} has no scripted experts to collect demonstrations with; pass --dataset "
+            "(a LeRobot dataset) or --sft-checkpoint"
+        )
+    tasks = resolve_tasks(p.rl.tasks)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run = Path(cfg.out or f"runs/demo-{stamp}{'-quick' if cfg.quick else ''}")
     if run.exists() and any(run.iterdir()) and not cfg.overwrite:
@@ -204,7 +157,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             "quick": cfg.quick,
             "tasks": tasks,
             "started": stamp,
-            "budget": asdict(b),
+            "preset_settings": asdict(p),
             "config": asdict(cfg),
             "machine": _machine(),
         },
@@ -219,7 +172,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         t0 = time.perf_counter()
         if dataset.exists():
             shutil.rmtree(dataset)
-        info = collect(tasks, b.episodes_per_task, dataset, noise=0.1, seed=cfg.seed, workers=cfg.workers)
+        info = collect(tasks, p.demos_per_task, dataset, noise=0.1, seed=cfg.seed, workers=cfg.workers)
         timings["collect"] = time.perf_counter() - t0
         console.print(info)
 
@@ -231,12 +184,12 @@ def run_demo(cfg: DemoConfig) -> Path:
             SFTConfig(
                 dataset=str(dataset),
                 out=str(run),
-                preset=b.policy,
-                steps=b.sft_steps,
-                batch_size=b.sft_batch,
+                policy=p.policy,
+                steps=p.sft_steps,
+                batch_size=p.sft_batch,
                 threads=2,
                 seed=cfg.seed,
-                ckpt_every=max(1, b.sft_steps),
+                ckpt_every=max(1, p.sft_steps),
                 overwrite=cfg.overwrite,
             ),
             console,
@@ -245,7 +198,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     console.rule("3/5 evaluate the SFT policy (ODE)")
     t0 = time.perf_counter()
-    sft_eval = _eval_stage(sft_ckpt, tasks, b, cfg, run, "sft", console)
+    sft_eval = _eval_stage(sft_ckpt, tasks, p, cfg, run, "sft", console)
     timings["eval_sft"] = time.perf_counter() - t0
 
     rl_eval = None
@@ -253,29 +206,23 @@ def run_demo(cfg: DemoConfig) -> Path:
     if not cfg.skip_rl:
         console.rule("4/5 task-wise GRPO (Flow-SDE, tree rollouts, completion-aware rewards)")
         t0 = time.perf_counter()
-        preset = rl_preset(cfg.preset)  # the GRPO settings live in one place: z1.presets
+        # The preset's GRPO settings as they are; the demo supplies only where and with what it runs.
         rl_cfg = replace(
-            preset,
+            p.rl,
             init=str(sft_ckpt),
             out=str(run),
             tasks=",".join(tasks),
-            iterations=b.rl_iterations,
-            groups_per_task=b.groups_per_task,
-            eval_every=0,
-            eval_episodes=0,
-            calibration_episodes=min(10, b.eval_episodes),
             workers=cfg.workers,
             threads=cfg.threads,
             seed=cfg.seed,
             overwrite=cfg.overwrite,
-            rollout=replace(preset.rollout, h_exec=b.h_exec, max_steps=b.max_steps, num_steps=b.num_steps),
         )
         summary = run_rl(rl_cfg, console)
         rl_env_steps = summary["env_steps"]
         timings["rl"] = time.perf_counter() - t0
         console.rule("5/5 evaluate the GRPO policy (ODE)")
         t0 = time.perf_counter()
-        rl_eval = _eval_stage(run / "rl_ckpt", tasks, b, cfg, run, "rl", console)
+        rl_eval = _eval_stage(run / "rl_ckpt", tasks, p, cfg, run, "rl", console)
         timings["eval_rl"] = time.perf_counter() - t0
     write_json_atomic(run / "timings.json", timings)
 

@@ -40,6 +40,7 @@ from z1.models.pi05 import Pi05Policy, PolicyInputs
 from z1.models.tokenizer import make_tokenizer, tokenize_prompt
 from z1.models.transforms import images_to_model
 from z1.train.metrics import MetricsLogger
+from z1.train.runinfo import write_run_config
 from z1.train.schedule import EMA, warmup_cosine
 from z1.train.setup import progress_bar
 from z1.train.state import TrainStateSpec, load_train_state
@@ -58,8 +59,10 @@ class SFTConfig:
     normalize them."""
     out: str = "runs/sft"
     """Run directory: checkpoint in `out/sft_ckpt`, metrics in `out/sft_metrics.jsonl`."""
-    preset: str = "tiny"
-    """Policy size preset (tiny | small | pi05) when starting from scratch."""
+    policy: str = "laptop"
+    """Policy geometry when starting from scratch: laptop (the 2-core default: 64 px, conv stem, 0.4M
+    parameters), tiny (the tests' model), small (a GPU's step up) or pi05 (the 3.35B geometry; start
+    from an imported checkpoint with --init instead to get its weights)."""
     init: str | None = None
     """Start from this checkpoint (z1 or `z1 import`ed) instead of a fresh model."""
     steps: int = 2000
@@ -107,6 +110,9 @@ class SFTConfig:
     ray: Literal["local", "auto"] | None = None
     """Run the periodic evaluation's env slots on Ray actors: local starts a cluster on this machine,
     auto joins a running one (`ray start`); needs `pip install -e '.[ray]'`."""
+    wandb: Literal["off", "online", "offline"] = "off"
+    """Mirror the metrics to Weights & Biases (project z1; offline writes under `out/wandb` and needs no
+    network; needs `pip install -e '.[wandb]'`)."""
 
     def __post_init__(self) -> None:
         """Every numeric and cross-field limit, before any file is read or written."""
@@ -216,7 +222,7 @@ def _periodic_eval(
 RESUME_FIELDS = (
     "dataset",
     "data",
-    "preset",
+    "policy",
     "init",
     "batch_size",
     "lr",
@@ -278,11 +284,11 @@ def _open_sft_dataset(cfg: SFTConfig, stack: ExitStack):
     return open_dataset(root, data)
 
 
-def run_sft(cfg: SFTConfig, console=None, policy: PolicyConfig | None = None) -> dict:
-    """Train; `policy` (programmatic callers, e.g. bench/sft.py) replaces the `preset` geometry of a
+def run_sft(cfg: SFTConfig, console=None, geometry: PolicyConfig | None = None) -> dict:
+    """Train; `geometry` (programmatic callers, e.g. bench/sft.py) replaces the `cfg.policy` preset of a
     fresh model."""
     with ExitStack() as stack:
-        return _run_sft(cfg, console, policy, stack)
+        return _run_sft(cfg, console, geometry, stack)
 
 
 def _check_dims(ds, norm, where: str) -> None:
@@ -299,7 +305,7 @@ def _check_dims(ds, norm, where: str) -> None:
             )
 
 
-def _run_sft(cfg: SFTConfig, console, policy: PolicyConfig | None, stack: ExitStack) -> dict:
+def _run_sft(cfg: SFTConfig, console, geometry: PolicyConfig | None, stack: ExitStack) -> dict:
     ctx = DistContext.init_from_env()  # one process unless launched by torchrun
     if cfg.batch_size < ctx.world_size:
         raise ConfigError(
@@ -337,12 +343,12 @@ def _run_sft(cfg: SFTConfig, console, policy: PolicyConfig | None, stack: ExitSt
     if resume:
         loaded = load_checkpoint(ckpt_dir)
         model, norm, tokenizer = loaded.model, loaded.norm, loaded.tokenizer_path
-        fresh = policy or policy_preset(cfg.preset)
+        fresh = geometry or policy_preset(cfg.policy)
         expected = init_loaded.config.name if init_loaded is not None else fresh.name
         if model.config.name != expected:
             raise ConfigError(
-                f"{ckpt_dir / 'config.json'}: field 'preset' is {model.config.name!r} but this run asks for "
-                f"{expected!r}; resume with the same --preset/--init, or choose another --out"
+                f"{ckpt_dir / 'config.json'}: the policy is {model.config.name!r} but this run asks for "
+                f"{expected!r}; resume with the same --policy/--init, or choose another --out"
             )
         if norm is None:
             raise ConfigError(f"{ckpt_dir}: has no norm_stats.json; it was not written by `z1 sft`")
@@ -355,7 +361,7 @@ def _run_sft(cfg: SFTConfig, console, policy: PolicyConfig | None, stack: ExitSt
         tokenizer = loaded.tokenizer_path
     else:
         torch.manual_seed(cfg.seed)
-        model = Pi05Policy(policy or policy_preset(cfg.preset))
+        model = Pi05Policy(geometry or policy_preset(cfg.policy))
         norm = normalization_from_dataset(ds, cfg.norm)
     del init_loaded
     ctx.broadcast_params(model)  # identical starting weights on every rank
@@ -377,7 +383,9 @@ def _run_sft(cfg: SFTConfig, console, policy: PolicyConfig | None, stack: ExitSt
     generator = torch.Generator().manual_seed(cfg.seed)
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     start = 0
-    logger = MetricsLogger(out, "sft") if ctx.is_main else None
+    logger = MetricsLogger(out, "sft", wandb=cfg.wandb, config=asdict(cfg)) if ctx.is_main else None
+    if ctx.is_main:
+        write_run_config(out, "sft", cfg)
     if resume:
         state = load_train_state(ckpt_dir / "train_state", optimizer, torch_generators={"batches": generator})
         start = int(state.meta["step"])
@@ -473,6 +481,7 @@ def _run_sft(cfg: SFTConfig, console, policy: PolicyConfig | None, stack: ExitSt
             if stopping:
                 break
     if logger is not None:
+        logger.hparams(asdict(cfg), {"final_loss": last_loss})
         logger.close()
     return {
         "steps": cfg.steps,
