@@ -16,7 +16,8 @@ from z1.config import ConfigError
 from z1.distributed.ddp import DistContext
 from z1.evaluate import EvalConfig, EvalResult, evaluate
 from z1.records import RolloutBatch
-from z1.rollout.collector import RolloutConfig, cat_caches, cat_inputs, collect_groups
+from z1.rollout.collector import RolloutConfig, collect_groups
+from z1.rollout.inference import cat_caches, cat_inputs
 
 
 def wave_streams(seed: int, iteration: int, wave: int) -> tuple[np.random.Generator, torch.Generator]:

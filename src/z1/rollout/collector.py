@@ -21,7 +21,8 @@ Where the policy runs (`RolloutConfig.inference`): "learner" batches inference o
 in this process (observations come back from the env hosts); "actors" has every Ray env actor run a copy
 of the policy on its own slots (observations stay in the actors; the learner sends per-row noise seeds and
 gets the records back; the prefix dedupe then happens per actor). The learner pushes its weights to the
-actors before each wave when they changed (`RayVectorEnv.sync_policy`).
+actors before each wave when they changed (`RayVectorEnv.sync_policy`). The two placements live in
+rollout/inference.py.
 """
 
 from __future__ import annotations
@@ -30,22 +31,23 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
-from z1.config import SamplerConfig
 from z1.envs.vector import EnvWorkerError
 from z1.models.pi05 import PolicyInputs, PrefixCache
-from z1.models.sampling import ChunkSample
 from z1.records import GroupRollout, RolloutBatch
-from z1.rollout.runner import Acted, PolicyRunner
+from z1.rollout.inference import (
+    ACTOR_INFERENCE_METHODS,
+    ActorInference,
+    LearnerInference,
+    cat_caches,
+    cat_inputs,
+)
+from z1.rollout.runner import PolicyRunner
 from z1.rollout.tree import Tree, TreeConfig, branch_factor_at, plan_branch_levels, tree_cost
-from z1.types import ChunkResult, Observation
-
-ACTOR_INFERENCE_METHODS = ("holding_observations", "sync_policy", "act_and_step")
-"""What a vector env needs for inference='actors' (`z1.distributed.RayVectorEnv` has them)."""
 
 
 @dataclass(frozen=True)
@@ -135,24 +137,6 @@ class RolloutConfig:
         return TreeConfig(trunks=self.trunks, branch_levels=levels, branch_factor=self.branch_factor)
 
 
-def cat_inputs(parts: list[PolicyInputs]) -> PolicyInputs:
-    return PolicyInputs(
-        images=torch.cat([p.images for p in parts]),
-        image_mask=torch.cat([p.image_mask for p in parts]),
-        tokens=torch.cat([p.tokens for p in parts]),
-        token_mask=torch.cat([p.token_mask for p in parts]),
-    )
-
-
-def cat_caches(parts: list[PrefixCache]) -> PrefixCache:
-    n_layers = len(parts[0].keys)
-    return PrefixCache(
-        keys=tuple(torch.cat([p.keys[i] for p in parts]) for i in range(n_layers)),
-        values=tuple(torch.cat([p.values[i] for p in parts]) for i in range(n_layers)),
-        mask=torch.cat([p.mask for p in parts]),
-    )
-
-
 @dataclass
 class _Wave:
     """The records of one wave of groups; merged into the batch only once the whole wave finished."""
@@ -189,130 +173,6 @@ class _Wave:
         self.n_obs_one_host += wave.n_obs_one_host
         self.policy_rows += wave.policy_rows
         self.clones += wave.clones
-
-
-def draw_row_seeds(generator: torch.Generator, n: int) -> torch.Tensor:
-    """(n,) int64 noise seeds, one per policy row, drawn from the collection's generator."""
-    return torch.randint(0, 2**63 - 1, (n,), generator=generator, dtype=torch.int64)
-
-
-@dataclass
-class _Inference:
-    """Where a wave's chunks are computed: resets, clones and act-and-step of the wave's slots."""
-
-    runner: PolicyRunner
-    venv: Any
-    sampler: SamplerConfig
-    generator: torch.Generator
-    row_seeds: bool
-    keep_caches: bool
-
-
-@dataclass
-class _LearnerInference(_Inference):
-    """The policy in this process, batched over all live slots; observations come back from the env hosts."""
-
-    obs: dict[int, Observation] = field(default_factory=dict)  # slot -> its latest observation
-
-    def reset(self, slot: int, task: str, seed: int) -> None:
-        (self.obs[slot],) = self.venv.reset([slot], [task], [seed])
-
-    def clone(self, src: int, dsts: list[int]) -> None:
-        self.venv.clone_many(src, dsts)
-        for d in dsts:
-            self.obs[d] = self.obs[src]
-
-    def act_step(
-        self, n_actions: dict[int, int], times: dict[str, float]
-    ) -> tuple[Acted, dict[int, ChunkResult], int]:
-        """Chunks for the slots of `n_actions` (ascending), the first n actions executed; returns the
-        policy call, the chunk results and the distinct observations over all slots."""
-        slots = sorted(n_actions)
-        obs = [self.obs[s] for s in slots]
-        t0 = time.perf_counter()
-        if self.row_seeds:
-            acted = self.runner.act(obs, self.sampler, seeds=draw_row_seeds(self.generator, len(slots)))
-        else:
-            acted = self.runner.act(obs, self.sampler, self.generator)
-        t1 = time.perf_counter()
-        results = self.venv.run_chunks(
-            {s: acted.env_actions[i][: n_actions[s]] for i, s in enumerate(slots)},
-            stop_on_success=True,
-            observe=True,
-        )
-        times["policy"] += t1 - t0
-        times["env"] += time.perf_counter() - t1
-        for s in slots:
-            self.obs[s] = results[s].observation
-        return acted, results, acted.prefix_forwards
-
-
-class _ActorInference(_Inference):
-    """A copy of the policy in every Ray env actor, acting on that actor's slots (observations stay there;
-    noise from per-row seeds). The caller brings the actors' weights up to date first (`sync_policy`)."""
-
-    def reset(self, slot: int, task: str, seed: int) -> None:
-        self.venv.reset([slot], [task], [seed])  # the observation stays in the actor
-
-    def clone(self, src: int, dsts: list[int]) -> None:
-        self.venv.clone_many(src, dsts)  # the snapshot carries src's observation to the clones' actors
-
-    def act_step(
-        self, n_actions: dict[int, int], times: dict[str, float]
-    ) -> tuple[Acted, dict[int, ChunkResult], int]:
-        slots = sorted(n_actions)
-        seeds = draw_row_seeds(self.generator, len(slots)).tolist()
-        t0 = time.perf_counter()
-        steps = self.venv.act_and_step(
-            {s: (seed, n_actions[s]) for s, seed in zip(slots, seeds)},
-            self.sampler,
-            self.runner.share_prefix,
-            self.keep_caches,
-        )
-        # The actors run in parallel: the slowest one's inference time, the rest of the round as env time
-        # (stepping, transfer, the learner's merge).
-        policy_s = max(st.policy_seconds for st in steps)
-        times["policy"] += policy_s
-        times["env"] += time.perf_counter() - t0 - policy_s
-        return merge_actor_steps(steps, slots, self.runner.share_prefix)
-
-
-def merge_actor_steps(steps: list[Any], slots: list[int], share_prefix: bool) -> tuple[Acted, dict, int]:
-    """The actors' `ActorStep`s as one policy call with rows in `slots` order: each actor's distinct
-    observations follow the previous actor's. Also returns the merged chunk results and the number of
-    distinct observations over all actors (what one host's dedupe would have computed)."""
-    row_of: dict[int, int] = {}
-    to_unique: list[torch.Tensor] = []
-    keys: set[bytes] = set()
-    rows = unique = 0
-    for st in steps:
-        for i, s in enumerate(st.slots):
-            row_of[s] = rows + i
-        to_unique.append(st.acted.row_to_unique + unique)
-        rows += len(st.slots)
-        unique += st.acted.prefix_forwards
-        keys.update(st.unique_keys)
-    order = torch.as_tensor([row_of[s] for s in slots], dtype=torch.long)  # (b,) slot order -> row
-
-    def rows_of(get: Callable[[Acted], torch.Tensor]) -> torch.Tensor:
-        return torch.cat([get(st.acted) for st in steps])[order]
-
-    caches = [st.acted.unique_cache for st in steps]
-    acted = Acted(
-        env_actions=np.concatenate([st.acted.env_actions for st in steps])[order.numpy()],
-        sample=ChunkSample(
-            actions=rows_of(lambda a: a.sample.actions),  # (b, h, a)
-            chain=rows_of(lambda a: a.sample.chain),  # (b, k+1, h, a)
-            step_ids=rows_of(lambda a: a.sample.step_ids),  # (b, j)
-            logprobs=rows_of(lambda a: a.sample.logprobs),  # (b, j)
-        ),
-        unique_inputs=cat_inputs([st.acted.unique_inputs for st in steps]),
-        unique_cache=None if any(c is None for c in caches) else cat_caches(caches),
-        row_to_unique=torch.cat(to_unique)[order],
-        prefix_forwards=unique,
-    )
-    results = {s: r for st in steps for s, r in st.results.items()}
-    return acted, results, len(keys) if share_prefix else len(slots)
 
 
 def collect_groups(
@@ -365,7 +225,7 @@ def collect_groups(
                 try:
                     if actors:  # the actors act with the learner's current weights
                         venv.sync_policy(runner)
-                    place = (_ActorInference if actors else _LearnerInference)(
+                    place = (ActorInference if actors else LearnerInference)(
                         runner, venv, sampler, generator, cfg.row_seeds, keep_caches
                     )
                     wave = _roll_wave(
@@ -431,7 +291,7 @@ def collect_groups(
 
 
 def _roll_wave(
-    place: _LearnerInference | _ActorInference,
+    place: LearnerInference | ActorInference,
     wave_groups: list[tuple[str, int]],
     w0: int,
     cfg: RolloutConfig,
