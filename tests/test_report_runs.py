@@ -84,6 +84,12 @@ def test_rl_directory_alone(tmp_path):
     assert "`z1 rl` records none" in html.replace("&#x27;", "'").replace("&quot;", '"').replace("&#96;", "`")
     assert "SFT loss: no sft_metrics.jsonl" in html
 
+    (run / "eval_final.json").unlink()  # --eval-episodes 0: only the training metrics
+    html = write_report(run)[0].read_text()
+    assert "No evaluation results were found (eval_final.json: missing)." in html
+    assert "eval_final.json is missing: the run had --eval-episodes 0" in html
+    assert "eval_sft" not in html and "eval_rl.json" not in html  # files a z1 rl run never has
+
 
 def test_sft_directory_alone_with_and_without_eval(tmp_path):
     run = make_sft_dir(tmp_path / "a", with_eval=False)

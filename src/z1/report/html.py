@@ -65,8 +65,8 @@ figure { margin:0; }
 .pair { display:grid; grid-template-columns:repeat(auto-fit,minmax(360px,1fr)); gap:12px; align-items:start; }
 img.strip { width:100%; height:auto; image-rendering:pixelated; border-radius:4px; display:block; }
 .stage h4 { font-size:12.5px; margin:0 0 4px; color:var(--muted); }
-.clips { display:flex; flex-wrap:wrap; gap:10px; }
-video.clip { width:256px; height:auto; image-rendering:pixelated; border-radius:4px; background:#000;
+.clips { display:grid; grid-template-columns:repeat(2,minmax(0,256px)); gap:10px; }
+video.clip { width:100%; height:auto; image-rendering:pixelated; border-radius:4px; background:#000;
              display:block; }
 .clips figure.success figcaption { color:var(--up); } .clips figure.failure figcaption { color:var(--down); }
 figcaption { font-size:12.5px; color:var(--muted); margin:3px 0 8px; }

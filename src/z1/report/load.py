@@ -235,6 +235,11 @@ def tasks_run(data: RunData) -> list[str]:
     return found
 
 
+def expected_stages(data: RunData) -> tuple[str, ...]:
+    """The stages this kind of run directory evaluates: a `z1 rl` or `z1 sft` run only its own."""
+    return (data.kind,) if data.kind in STAGES else STAGES
+
+
 def rate(data: RunData, stage: str, task: str) -> dict[str, Any] | None:
     ev = data.evals[stage]
     return ev["tasks"].get(task) if ev else None

@@ -21,7 +21,7 @@ from z1.report.fmt import (
     note,
     plural,
 )
-from z1.report.load import KIND_NAMES, STAGES, RunData, rate, task_order
+from z1.report.load import KIND_NAMES, STAGES, RunData, expected_stages, rate, task_order
 from z1.report.stats import Estimate, mean_estimate, task_delta
 
 PAIRED_NOTE = (
@@ -120,7 +120,7 @@ def summary(data: RunData) -> Section:
             f"({data.eval_files['rl']}); there is no SFT evaluation, so no before/after comparison."
         )
     else:
-        files = " and ".join(sorted({data.eval_files[s] for s in STAGES}))
+        files = " and ".join(data.eval_files[s] for s in expected_stages(data))
         parts.append(f"No evaluation results were found ({files}: missing).")
     env, flat = last(data.rl_rows, "env_steps"), last(data.rl_rows, "env_steps_flat_equiv")
     if env is not None:
@@ -188,8 +188,8 @@ def success_table(data: RunData) -> Section:
     title = "Success per task"
     tasks = [t for t in task_order(data) if rate(data, "sft", t) or rate(data, "rl", t)]
     if not tasks:
-        files = " and ".join(sorted({data.eval_files[s] for s in STAGES}))
-        h, m = note(f"No per-task evaluation results: {files} are missing.")
+        files = " and ".join(data.eval_files[s] for s in expected_stages(data))
+        h, m = note(f"No per-task evaluation results: {files} missing.")
         return Section("success", title, h, m)
     header = [
         "task",
@@ -254,7 +254,7 @@ def success_table(data: RunData) -> Section:
     if any(not d.paired for d in per_task.values()):
         expl += " * unpaired: an evaluation file has no per-episode seeds, so the two rates are compared as "
         expl += "independent samples (a wider interval)."
-    missing = [data.eval_files[s] for s in STAGES if data.evals[s] is None]
+    missing = [data.eval_files[s] for s in expected_stages(data) if data.evals[s] is None]
     if missing:
         expl += f" Missing: {', '.join(missing)}."
     return Section(
