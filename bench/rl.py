@@ -30,8 +30,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--sft-run",
-        default="runs/bench-sft-mw-quick/conv16",
-        help="a bench/sft.py variant directory (conv16 = the laptop preset)",
+        default="runs/bench-sft-mw-quick/conv16-lr",
+        help="a bench/sft.py variant directory (conv16-lr = the laptop preset and its SFT recipe)",
     )
     ap.add_argument("--minutes", type=float, default=20.0, help="GRPO wall-clock budget per tree run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -84,13 +84,15 @@ def main() -> None:
     torch.set_num_threads(1)
     console = Console()
     sft_run = Path(args.sft_run)
-    # The SFT baseline: re-evaluated with the (seeded) evaluator on the same seeds as the GRPO evals when
-    # available (`z1 eval ... --out <sft-run>/eval_sft_det.json`), else bench/sft.py's evaluation.
-    paired = sft_run / "eval_sft_det.json"
-    if paired.exists():
-        sft_eval = json.loads(paired.read_text())
-    else:
-        sft_eval = json.loads((Path(RESULTS) / "sft_mw-quick.json").read_text())["eval"]
+    # The SFT baseline: bench/sft.py's evaluation of this variant (50 ODE episodes per task, the same eval
+    # seeds, cap, H_exec and K as run_rl's final evaluation), so every delta is paired by seed.
+    sft_results = json.loads((RESULTS / "sft_mw-quick.json").read_text())
+    if sft_run.name not in sft_results["variants"]:
+        raise SystemExit(
+            f"{sft_run.name}: no such variant in bench/results/sft_mw-quick.json "
+            f"(have {', '.join(sft_results['variants'])}); run bench/sft.py --variants {sft_run.name} first"
+        )
+    sft_eval = sft_results["variants"][sft_run.name]
     base = rl_preset("mw-quick")
     base = replace(
         base,
@@ -149,6 +151,8 @@ def main() -> None:
             "env_steps_flat_equiv": summary["env_steps_flat_equiv"],
             "eval_average": summary["eval"]["average"],
             "eval_tasks": {t: r["rate"] for t, r in summary["eval"]["tasks"].items()},
+            "eval_ci": {t: (r["ci_low"], r["ci_high"]) for t, r in summary["eval"]["tasks"].items()},
+            "delta": _paired(sft_eval["tasks"], summary["eval"]["tasks"]),
             "train_success_curve": [
                 (m["step"], m["env_steps"], round(m["train_success_avg"], 3)) for m in metrics
             ],
@@ -203,36 +207,67 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS / "rl.json", out)
+
+    def ci(d) -> str:
+        return f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]" if d else "-"
+
     lines = [
-        "# GRPO benchmark (mw-quick, tiny policy, 2 CPU cores)",
+        "# GRPO benchmark (mw-quick, 2 CPU cores)",
         "",
         f"Current SFT checkpoint: {100 * sft_avg:.1f}% ({args.eval_episodes} episodes/task, ODE). Each run is"
-        " compared with the SFT checkpoint it started from (column SFT; SFT retrained on another machine"
-        " gives a slightly different checkpoint).",
+        " compared with the SFT checkpoint it started from (column SFT); delta = eval - SFT paired by eval"
+        " seed (the same 50 seeds per task), with its 95% interval (rows without one predate paired"
+        " evaluation).",
         "",
         "| run | settings | iterations | training time | env steps | flat-equivalent | SFT | eval success "
-        "| delta vs SFT | signal groups (D4 / D0) |",
+        "| delta vs SFT [95% CI] | signal groups (D4 / D0) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in runs.items():
+        paired = v.get("delta", {}).get("average")
         lines.append(
             f"| {k} | {_settings(v['settings'])} | {v['iterations']} "
             f"| {v.get('train_min', v['wall_min']):.1f} min "
             f"| {int(v['env_steps'])} "
             f"| {int(v['env_steps_flat_equiv'])} | {100 * v['sft_eval_average']:.1f}% "
             f"| {100 * v['eval_average']:.1f}% "
-            f"| {out['delta_points'][k]:+.1f} | {v['signal_frac']:.2f} / {v['signal_frac_D0']:.2f} |"
+            f"| {ci(paired) if paired else '{:+.1f}'.format(out['delta_points'][k])} "
+            f"| {v['signal_frac']:.2f} / {v['signal_frac_D0']:.2f} |"
         )
+    current = {k: v for k, v in runs.items() if "delta" in v}
     tasks = list(out["sft_eval_tasks"])
-    lines += ["", "| task | SFT | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
+    lines += [
+        "",
+        "Per task, runs from the current SFT checkpoint: success, and delta [95% CI] paired by seed.",
+        "",
+        "| task | SFT | " + " | ".join(current) + " |",
+        "|---|---|" + "---|" * len(current),
+    ]
     for t in tasks:
         lines.append(
             f"| {t} | {100 * out['sft_eval_tasks'][t]:.0f}% | "
-            + " | ".join(f"{100 * v['eval_tasks'].get(t, 0):.0f}%" for v in runs.values())
+            + " | ".join(
+                f"{100 * v['eval_tasks'].get(t, 0):.0f}% ({ci(v['delta'].get(t))})" for v in current.values()
+            )
             + " |"
         )
     write_text_atomic(RESULTS / "rl.md", "\n".join(lines) + "\n")
     console.print("\n".join(lines))
+
+
+def _paired(before: dict, after: dict) -> dict:
+    """Paired (same eval seeds) delta after - before with its 95% interval, per task and on the average."""
+    from sft import paired_delta
+
+    out = {}
+    both: tuple[list, list] = ([], [])
+    for t in before:
+        a, b = before[t]["success_flags"], after[t]["success_flags"]
+        out[t] = paired_delta(a, b)
+        both[0].extend(a)
+        both[1].extend(b)
+    out["average"] = paired_delta(*both)
+    return out
 
 
 def _settings(s: dict) -> str:

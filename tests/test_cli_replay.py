@@ -99,3 +99,21 @@ def test_wandb_offline_mirrors_the_metrics_without_a_network(dataset, tmp_path, 
     _sft(dataset, tmp_path / "r", *SHORT, "--wandb", "offline")
     runs = list((tmp_path / "r" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_rl_config_round_trips_through_its_record(tmp_path):
+    """Every field of a preset's nested RLConfig (tuples, literals, None, nested dataclasses) survives
+    `rl_config.json`, so `z1 rl --config` starts exactly the run that was recorded."""
+    from dataclasses import replace
+
+    from z1.cli import stage_cli
+    from z1.presets import rl_preset
+    from z1.train.runinfo import write_run_config
+
+    cfg = rl_preset("robocasa24-pi05")
+    cfg = replace(cfg, init="ckpt", max_minutes=12.5, rollout=replace(cfg.rollout, branch_frac=0.25))
+    write_run_config(tmp_path, "rl", cfg)
+    assert stage_cli("rl", ["--config", str(tmp_path)]) == cfg
+    assert stage_cli("rl", ["--config", str(tmp_path), "--grpo.epochs", "3"]) == replace(
+        cfg, grpo=replace(cfg.grpo, epochs=3)
+    )

@@ -21,8 +21,8 @@ import torch
 import torch.multiprocessing as tmp
 
 from fakes import tiny_runner
+from test_rl_update import LR, make_learner
 from test_rl_update import _setup as rollouts_for_update
-from test_rl_update import make_learner
 from test_train_sft import write_dataset
 from z1.distributed.cluster import RayUnavailableError, start_ray
 from z1.distributed.ddp import DistContext, allreduce_grads
@@ -90,7 +90,7 @@ def _grpo_rank(rank: int, port: int, state: dict, sel, scored, grpo, out: str) -
     model.load_state_dict(state)
     mine = np.zeros_like(scored.trainable)
     mine[ctx.shard(np.flatnonzero(scored.trainable))] = True  # this rank's share of the trainable chunks
-    st = _grpo(model, apply_selective(model, sel), sel, scored, mine, grpo)
+    st = _grpo(model, apply_selective(model, sel, LR), sel, scored, mine, grpo)
     torch.save({"state": model.state_dict(), "stats": st, "terms": int(mine.sum())}, f"{out}.{rank}")
     ctx.close()
 

@@ -22,6 +22,7 @@ import torch.multiprocessing as tmp
 
 from fakes import tiny_runner
 from test_distributed_ddp import _assert_same_params, _free_port, _grpo, _join, _one_thread
+from test_rl_update import LR
 from test_rl_update import _setup as rollouts_for_update
 from test_train_rl import _cfg as one_process_cfg
 from test_train_rl import save_leaning_policy
@@ -191,7 +192,7 @@ def _update_rank(rank, port, state, sel, scored, grpo, out) -> None:
     model.load_state_dict(state)
     # Rank 0 holds every trainable chunk, rank 1 none (its rows are all masked out).
     mine = scored.trainable if rank == 0 else np.zeros_like(scored.trainable)
-    st = _grpo(model, apply_selective(model, sel), sel, scored, mine, grpo)
+    st = _grpo(model, apply_selective(model, sel, LR), sel, scored, mine, grpo)
     torch.save({"state": model.state_dict(), "stats": st}, f"{out}.{rank}")
     ctx.close()
 

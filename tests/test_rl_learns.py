@@ -29,7 +29,7 @@ def _ode_first_dim(runner) -> float:
 def test_tree_grpo_improves_a_clean_task():
     runner = tiny_runner()
     model = runner.model
-    groups = apply_selective(model, SelectiveConfig(mode="expert", lr_expert=1e-3))
+    groups = apply_selective(model, SelectiveConfig(mode="expert"), 1e-3)
     opt = torch.optim.AdamW(groups.optimizer_groups())
     cfg = RolloutConfig(
         group_size=8, trunks=2, branch_factor=4, branch_at=1, h_exec=4, num_steps=5, max_steps=12

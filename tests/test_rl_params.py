@@ -150,7 +150,7 @@ def expected_trainable(name: str, mode: str, depth: int, k: int) -> bool:
 def test_frozen_params_stay_bit_identical_and_trainable_ones_move(mode: str) -> None:
     model = make()
     cfg = SelectiveConfig(mode=mode, top_k=2, lora_rank=4, lora_alpha=8)
-    groups = apply_selective(model, cfg, generator=torch.Generator().manual_seed(0))
+    groups = apply_selective(model, cfg, 5e-6, generator=torch.Generator().manual_seed(0))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     train_steps(model, groups)
     for n, p in model.named_parameters():
@@ -166,8 +166,8 @@ def test_frozen_params_stay_bit_identical_and_trainable_ones_move(mode: str) -> 
 
 def test_group_learning_rates_and_names() -> None:
     model = make()
-    cfg = SelectiveConfig(mode="expert+top_vlm", top_k=1, lr_expert=1e-4, lr_vlm_scale=0.1, weight_decay=0.01)
-    groups = apply_selective(model, cfg)
+    cfg = SelectiveConfig(mode="expert+top_vlm", top_k=1, lr_vlm_scale=0.1, weight_decay=0.01)
+    groups = apply_selective(model, cfg, 1e-4)
     opt = torch.optim.AdamW(groups.optimizer_groups())
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == pytest.approx({"expert": 1e-4, "projections": 1e-4, "vlm": 1e-5})
@@ -188,7 +188,7 @@ def test_lora_init_is_identity_disable_and_merge() -> None:
     with torch.no_grad():
         ref, _ = model(*x)
     cfg = SelectiveConfig(mode="lora", lora_layers=2, lora_rank=4, lora_alpha=8)
-    apply_selective(model, cfg, generator=torch.Generator().manual_seed(1))
+    apply_selective(model, cfg, 5e-6, generator=torch.Generator().manual_seed(1))
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
     assert len(wrapped) == 2 * 7 and all(n.startswith(("layers.1.vlm.", "layers.2.vlm.")) for n in wrapped)
     assert set(model.state_dict()) - keys == set(lora_state_dict(model))  # base keys unchanged
@@ -217,14 +217,14 @@ def test_lora_init_is_identity_disable_and_merge() -> None:
 def test_base_checkpoint_loads_into_lora_model() -> None:
     src = make()
     model = copy.deepcopy(src)
-    apply_selective(model, SelectiveConfig(mode="lora", lora_rank=2))
+    apply_selective(model, SelectiveConfig(mode="lora", lora_rank=2), 5e-6)
     missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
     assert not unexpected and set(missing) == set(lora_state_dict(model))
 
 
 def test_grad_norms_by_group() -> None:
     model = make()
-    groups = apply_selective(model, SelectiveConfig(mode="expert+top_vlm", top_k=1))
+    groups = apply_selective(model, SelectiveConfig(mode="expert+top_vlm", top_k=1), 5e-6)
     out, prefix = model(*inputs())
     (out.pow(2).mean() + prefix.pow(2).mean()).backward()
     norms = grad_norms_by_group(groups)
@@ -241,8 +241,8 @@ def test_contract_errors() -> None:
     model = make()
     model.state_proj = nn.Linear(2, 2)
     with pytest.raises(SelectiveError, match="state_proj"):
-        apply_selective(model, SelectiveConfig())
+        apply_selective(model, SelectiveConfig(), 5e-6)
     with pytest.raises(SelectiveError, match="apply_selective"):
         frozen_prefix(make(), SelectiveConfig(mode="expert"))  # nothing frozen yet
     with pytest.raises(SelectiveError, match="VLM layers"):
-        apply_selective(make(), SelectiveConfig(mode="expert+top_vlm", top_k=5))
+        apply_selective(make(), SelectiveConfig(mode="expert+top_vlm", top_k=5), 5e-6)

@@ -44,7 +44,7 @@ def model() -> torch.nn.Module:
 def test_selective_modes_on_tiny_policy(mode: str) -> None:
     m = model()
     cfg = SelectiveConfig(mode=mode, top_k=2, lora_rank=4, lora_alpha=4)
-    groups = apply_selective(m, cfg, generator=torch.Generator().manual_seed(0))
+    groups = apply_selective(m, cfg, 5e-6, generator=torch.Generator().manual_seed(0))
     assert frozen_prefix(m, cfg) == (mode == "expert")
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     opt = torch.optim.Adam(groups.optimizer_groups(), lr=1e-2)
@@ -72,7 +72,7 @@ def test_lora_is_on_the_forward_path_of_the_tiny_policy() -> None:
         ref = m.forward_joint(inputs(), x_t, t)
         cache_ref = m.velocity(m.build_prefix_cache(inputs()), x_t, t)
     apply_selective(
-        m, SelectiveConfig(mode="lora", lora_layers=2, lora_rank=4), torch.Generator().manual_seed(0)
+        m, SelectiveConfig(mode="lora", lora_layers=2, lora_rank=4), 5e-6, torch.Generator().manual_seed(0)
     )
     with torch.no_grad():
         torch.testing.assert_close(m.forward_joint(inputs(), x_t, t), ref, rtol=0, atol=0)

@@ -16,12 +16,14 @@ from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
 from z1.rollout.collector import RolloutConfig, collect_groups
 
+LR = 1e-3  # the expert's learning rate of these updates
+
 
 def _setup(mode: str):
     runner = tiny_runner()
     model = runner.model
-    sel = SelectiveConfig(mode=mode, top_k=1, lr_expert=1e-3)
-    groups = apply_selective(model, sel)
+    sel = SelectiveConfig(mode=mode, top_k=1)
+    groups = apply_selective(model, sel, LR)
     cfg = RolloutConfig(
         group_size=8,
         trunks=2,

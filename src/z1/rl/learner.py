@@ -78,6 +78,7 @@ class Learner:
         cls,
         model: nn.Module,
         selective: SelectiveConfig,
+        lr: float,
         cfg: GRPOConfig,
         grad_clip: float,
         generator: torch.Generator,
@@ -85,8 +86,8 @@ class Learner:
         ref_model: nn.Module | None = None,
     ) -> Learner:
         """Mark the trained parameters of `model` (`apply_selective`, which may add LoRA adapters) and
-        build AdamW over them, with the learning rates of `selective`."""
-        groups = apply_selective(model, selective)
+        build AdamW over them: the expert at `lr`, VLM parameters at `lr * selective.lr_vlm_scale`."""
+        groups = apply_selective(model, selective, lr)
         prefix_frozen = frozen_prefix(model, selective)
         optimizer = torch.optim.AdamW(groups.optimizer_groups(), betas=ADAM_BETAS, eps=ADAM_EPS)
         return cls(model, optimizer, groups, cfg, grad_clip, prefix_frozen, generator, ctx, ref_model)

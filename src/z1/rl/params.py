@@ -56,8 +56,7 @@ class SelectiveConfig:
     lora_rank, lora_alpha: adapter rank r and alpha (scaling alpha / r).
     lora_layers: VLM layers that get LoRA in "lora" mode (the last n); None = top_k.
     lora_targets: Linear modules inside each chosen `layers.{i}.vlm` block.
-    lr_expert: lr of the expert and projections (the RL trainer sets it to `--lr`).
-    lr_vlm_scale: lr of VLM parameters (full or LoRA) = lr_vlm_scale * lr_expert.
+    lr_vlm_scale: lr of VLM parameters (full or LoRA) = lr_vlm_scale * the expert's lr (`--lr`).
     weight_decay: AdamW weight decay for every group.
     """
 
@@ -67,7 +66,6 @@ class SelectiveConfig:
     lora_alpha: float = 16.0
     lora_layers: int | None = None
     lora_targets: tuple[str, ...] = LORA_TARGETS
-    lr_expert: float = 5e-6
     lr_vlm_scale: float = 0.1
     weight_decay: float = 0.01
 
@@ -142,9 +140,10 @@ class ParamGroups:
 
 
 def apply_selective(
-    model: nn.Module, cfg: SelectiveConfig, generator: torch.Generator | None = None
+    model: nn.Module, cfg: SelectiveConfig, lr: float, generator: torch.Generator | None = None
 ) -> ParamGroups:
-    """Set requires_grad per `cfg.mode`, wrap LoRA targets in "lora" mode, and return the param groups.
+    """Set requires_grad per `cfg.mode`, wrap LoRA targets in "lora" mode, and return the param groups:
+    the expert and projections at `lr`, VLM parameters at `lr * cfg.lr_vlm_scale`.
 
     Idempotent for "expert" and "expert+top_vlm"; "lora" wraps modules and so must be applied once.
     """
@@ -160,14 +159,14 @@ def apply_selective(
     if cfg.mode == "expert+top_vlm" and cfg.top_k > depth:
         raise SelectiveError(f"top_k={cfg.top_k} but the model has only {depth} VLM layers")
 
-    lr_vlm = cfg.lr_expert * cfg.lr_vlm_scale
+    lr_vlm = lr * cfg.lr_vlm_scale
     groups = ParamGroups(weight_decay=cfg.weight_decay)
     for name, p in model.named_parameters():
         role = param_role(name)
         train = False
         if role in ("expert", "projections"):
             train = True
-            groups.add(role, name, p, cfg.lr_expert)
+            groups.add(role, name, p, lr)
         elif role == "vlm":
             top = _vlm_layer(name) >= depth - (
                 cfg.top_k if cfg.mode == "expert+top_vlm" else cfg.n_lora_layers

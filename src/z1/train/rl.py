@@ -37,6 +37,7 @@ from z1.rl.task_sampling import TaskSamplingConfig, plan_task_counts
 from z1.rollout.collector import RolloutConfig
 from z1.train.iteration import IterationConfig, iteration
 from z1.train.metrics import MetricsLogger
+from z1.train.runinfo import write_run_config
 from z1.train.setup import build_runner, make_vector_env, progress_bar, resolve_tasks, suite_for
 from z1.train.state import TrainStateSpec, load_train_state
 
@@ -83,6 +84,9 @@ class RLConfig:
     """Replace an earlier GRPO run in `out` (its checkpoint and metrics) instead of refusing to start."""
     max_minutes: float | None = None
     """Stop after the iteration that crosses this wall-clock budget."""
+    wandb: Literal["off", "online", "offline"] = "off"
+    """Mirror the metrics to Weights & Biases (project z1; offline writes under `out/wandb` and needs no
+    network; needs `pip install -e '.[wandb]'`)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -290,16 +294,17 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     ref_model = None
     if cfg.grpo.kl_beta > 0:  # the policy GRPO starts from anchors the update (B.4)
         ref_model = copy.deepcopy(load_checkpoint(Path(cfg.init)).model).eval().requires_grad_(False)
-    sel = SelectiveConfig(**{**asdict(cfg.selective), "lr_expert": cfg.lr})
     # Every rank keeps these in lockstep: the same draws (task counts, minibatch permutations) in order.
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    learner = Learner.create(model, sel, cfg.grpo, cfg.grad_clip, generator, ctx, ref_model)
+    learner = Learner.create(model, cfg.selective, cfg.lr, cfg.grpo, cfg.grad_clip, generator, ctx, ref_model)
     task_stats = TaskTimeStats()
     for t in tasks:
         task_stats.register(t, cfg.rollout.max_steps)
     start_iter = 0
-    logger = MetricsLogger(out, "rl") if ctx.is_main else None
+    logger = MetricsLogger(out, "rl", wandb=cfg.wandb, config=asdict(cfg)) if ctx.is_main else None
+    if ctx.is_main:
+        write_run_config(out, "rl", cfg)
     if resume:
         state = load_train_state(
             ckpt_dir / "train_state",
@@ -408,6 +413,12 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     console.print(markdown_table(final, "GRPO policy (ODE)"))
         if ctx.is_main:
             write_json_atomic(out / "rl_summary.json", summary)
+        if logger is not None:
+            final_numbers = {"env_steps": cum_env, "iterations": done_iters}
+            if "eval" in summary:
+                final_numbers.update({f"success/{t}": r["rate"] for t, r in summary["eval"]["tasks"].items()})
+                final_numbers["success_avg"] = summary["eval"]["average"]
+            logger.hparams(asdict(cfg), final_numbers)
         ctx.barrier()  # on return, every rank sees rank 0's files
         return summary
     finally:
