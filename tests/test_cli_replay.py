@@ -69,6 +69,7 @@ def test_sft_preset_supplies_the_recipe_and_flags_override_it():
     p = run_preset("mw-quick")
     cfg = stage_cli("sft", ["--preset", "mw-quick", "--dataset", "d"])
     assert (cfg.policy, cfg.steps, cfg.batch_size) == (p.policy, p.sft_steps, p.sft_batch)
+    assert (cfg.lr, cfg.final_lr) == (p.sft_lr, p.sft_lr / 10)
     assert stage_cli("sft", ["--preset=mw-quick", "--dataset", "d", "--steps", "7"]).steps == 7
     rl = stage_cli("rl", ["--preset", "mw-quick", "--init", "x", "--lr", "1e-5"])
     assert rl.lr == 1e-5 and rl.rollout == p.rl.rollout and rl.iterations == p.rl.iterations

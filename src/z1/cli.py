@@ -492,7 +492,12 @@ def stage_cli(stage: str, args: list[str]):
             default = p.rl
         else:
             default = SFTConfig(
-                dataset=tyro.MISSING, policy=p.policy, steps=p.sft_steps, batch_size=p.sft_batch
+                dataset=tyro.MISSING,
+                policy=p.policy,
+                steps=p.sft_steps,
+                batch_size=p.sft_batch,
+                lr=p.sft_lr,
+                final_lr=p.sft_lr / 10,
             )
     elif config is not None:
         default = read_run_config(config, cls, stage)

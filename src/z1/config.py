@@ -111,7 +111,9 @@ POLICY_PRESETS: dict[str, PolicyConfig] = {
     # channels, then a 1x1 to the 64-wide ViT) on the same 16-token-per-camera grid. Measured side by side
     # (bench/results/sft_mw-quick.md, 2000 SFT steps x 32, 50 episodes/task): 47.5% vs 28.0% for `tiny`
     # (+19.5 [+12.7, +26.3] paired); 8-px patches (64 tokens) gave only +4.5 at twice the training cost, and
-    # augmentation (+0.5) or 50 instead of 20 demonstrations per task (-7.0) did not help.
+    # augmentation (+0.5) or 50 instead of 20 demonstrations per task (-7.0) did not help. With a peak SFT lr
+    # of 1e-3 instead of 3e-4 (the run presets' recipe, z1.presets) the same model reaches 68.0% (button 100,
+    # drawer 96, push 42, pick-place 34; +40.0 [+32.8, +47.2] over `tiny`) in 4.6 minutes of SFT.
     "laptop": replace(_TINY, name="laptop", vision=replace(_TINY.vision, stem="conv", stem_channels=16)),
     "small": PolicyConfig(
         name="small",

@@ -187,6 +187,8 @@ def run_demo(cfg: DemoConfig) -> Path:
                 policy=p.policy,
                 steps=p.sft_steps,
                 batch_size=p.sft_batch,
+                lr=p.sft_lr,
+                final_lr=p.sft_lr / 10,
                 threads=2,
                 seed=cfg.seed,
                 ckpt_every=max(1, p.sft_steps),
