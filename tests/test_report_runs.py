@@ -72,16 +72,15 @@ def test_rl_directory_alone(tmp_path):
     rows = {r[0]: r for r in doc.tables["success-table"][1:]}
     assert rows["push-v3"][1:5] == ["—", "—", _pct(RL_SUCC["push-v3"]), rows["push-v3"][4]]
     assert rows["push-v3"][5] == "—"  # no SFT evaluation: no change
-    assert "This is a `z1 rl` directory: it holds no evaluation of the SFT policy" in html.replace(
-        "&#x27;", "'"
-    ).replace("&quot;", '"')
+    assert "This is a <code>z1 rl</code> directory: it holds no evaluation of the SFT policy" in html
     # The configuration comes from the checkpoint, not "unknown".
     assert "configuration is unknown" not in html
     assert "From rl_ckpt/extra.json (rl_config, with the SFT config it started from)." in html
     assert "&quot;kl_target&quot;: 0.02" in html
     # Learning curves minus the SFT loss, and all four optimisation curves; no filmstrips.
     assert len(doc.imgs) == (N_LEARNING - 1) + N_OPTIMISATION
-    assert "`z1 rl` records none" in html.replace("&#x27;", "'").replace("&quot;", '"').replace("&#96;", "`")
+    assert "<code>z1 rl</code> records none; <code>z1 demo</code>" in html
+    assert "This is a `z1 rl` directory" in (run / "report.md").read_text()
     assert "SFT loss: no sft_metrics.jsonl" in html
 
     (run / "eval_final.json").unlink()  # --eval-episodes 0: only the training metrics

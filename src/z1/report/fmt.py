@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,8 +98,10 @@ class Section:
 
 
 def note(text: str) -> tuple[str, str]:
-    """A plainly visible remark (what is missing, what to expect), as HTML and markdown."""
-    return f'<p class="note">{esc(text)}</p>', f"> {text}"
+    """A plainly visible remark (what is missing, what to expect), as HTML and markdown; `code` spans
+    become <code> in HTML."""
+    body = re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
+    return f'<p class="note">{body}</p>', f"> {text}"
 
 
 def html_table(

@@ -143,7 +143,7 @@ def _stage_configs(run_dir: Path, problems: list[str]) -> dict[str, dict[str, An
 def _eval_paths(run_dir: Path, kind: str) -> dict[str, Path]:
     """Where each stage's evaluation lives for this kind of run directory."""
     paths = {"sft": run_dir / "eval_sft.json", "rl": run_dir / "eval_rl.json"}
-    if kind == "rl" or not paths["rl"].is_file() and (run_dir / "eval_final.json").is_file():
+    if kind == "rl" or (not paths["rl"].is_file() and (run_dir / "eval_final.json").is_file()):
         paths["rl"] = run_dir / "eval_final.json"  # what `z1 rl` writes
     if kind in ("rl", "sft") and (run_dir / "eval.json").is_file() and not paths[kind].is_file():
         paths[kind] = run_dir / "eval.json"  # `z1 eval --checkpoint <run>/<stage>_ckpt` default output
