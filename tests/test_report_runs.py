@@ -75,13 +75,20 @@ def test_rl_directory_alone(tmp_path):
     assert "This is a <code>z1 rl</code> directory: it holds no evaluation of the SFT policy" in html
     # The configuration comes from the checkpoint, not "unknown".
     assert "configuration is unknown" not in html
-    assert "From rl_ckpt/extra.json (rl_config, with the SFT config it started from)." in html
+    assert "From rl_ckpt/extra.json (rl_config), with the SFT config from rl_ckpt/extra.json." in html
     assert "&quot;kl_target&quot;: 0.02" in html
     # Learning curves minus the SFT loss, and all four optimisation curves; no filmstrips.
     assert len(doc.imgs) == (N_LEARNING - 1) + N_OPTIMISATION
     assert "<code>z1 rl</code> records none; <code>z1 demo</code>" in html
     assert "This is a `z1 rl` directory" in (run / "report.md").read_text()
     assert "SFT loss: no sft_metrics.jsonl" in html
+
+    # Newer runs record the resolved config beside the metrics; it wins over the checkpoint's copy.
+    record = {"format": 1, "stage": "rl", "config": {**RL_CONFIG, "grad_clip": 0.5}, "argv": ["z1", "rl"]}
+    (run / "rl_config.json").write_text(json.dumps(record))
+    html = write_report(run)[0].read_text()
+    assert "From rl_config.json, with the SFT config from rl_ckpt/extra.json." in html
+    assert "&quot;grad_clip&quot;: 0.5" in html
 
     (run / "eval_final.json").unlink()  # --eval-episodes 0: only the training metrics
     html = write_report(run)[0].read_text()

@@ -128,8 +128,12 @@ def _config_source(data: RunData) -> tuple[list[tuple[str, Any]], Any, str] | No
         stage = "rl" if "rl" in data.configs else "sft"
         cfg = data.configs[stage]
         facts = [(k, v) for k, v in cfg.items() if not isinstance(v, dict)]
-        where = f"{stage}_ckpt/extra.json ({stage}_config"
-        where += ", with the SFT config it started from)" if len(data.configs) > 1 else ")"
+        where = data.config_files[stage]
+        if where.endswith("extra.json"):
+            where += f" ({stage}_config)"
+        others = [data.config_files[s] for s in data.configs if s != stage]
+        if others:
+            where += f", with the SFT config from {', '.join(others)}"
         return facts, data.configs, where
     return None
 

@@ -3,9 +3,11 @@
 Three kinds of run directory exist, and each leaves a different subset of files:
     z1 demo   run.json, timings.json, eval_sft.json, eval_rl.json, sft_metrics.jsonl, rl_metrics.jsonl,
               filmstrips/<stage>_<task>.png, videos/<stage>_<task>_<outcome>.mp4
-    z1 rl     rl_metrics.jsonl, rl_summary.json, eval_final.json (the GRPO evaluation), rl_ckpt/extra.json
-              (its config); the step-0 line of the metrics is the calibration run of the initial policy
-    z1 sft    sft_metrics.jsonl, sft_ckpt/extra.json; eval.json when `z1 eval` ran on its checkpoint
+    z1 rl     rl_metrics.jsonl, rl_summary.json, eval_final.json (the GRPO evaluation), rl_config.json
+              (its config; older runs: rl_ckpt/extra.json); the step-0 metrics line is the calibration
+              run of the initial policy
+    z1 sft    sft_metrics.jsonl, sft_config.json (or sft_ckpt/extra.json); eval.json when `z1 eval` ran
+              on its checkpoint
 A file that is missing is None / empty here; one that is unreadable is also recorded in `problems`.
 """
 
@@ -32,7 +34,8 @@ class RunData:
     run_dir: Path
     kind: str  # "demo" | "rl" | "sft" | "unknown"
     run: dict[str, Any] | None  # run.json (z1 demo)
-    configs: dict[str, dict[str, Any]]  # "sft"/"rl" -> the stage's config from its checkpoint's extra.json
+    configs: dict[str, dict[str, Any]]  # "sft"/"rl" -> the stage's resolved config
+    config_files: dict[str, str]  # "sft"/"rl" -> the file that config was read from
     timings: dict[str, float] | None
     evals: dict[str, dict[str, Any] | None]  # stage -> EvalResult.to_json() or None
     eval_files: dict[str, str]  # stage -> the file its evaluation was read from
@@ -120,24 +123,32 @@ def valid_eval(data: dict[str, Any] | None, name: str, problems: list[str]) -> d
 def _kind(run_dir: Path, run: dict[str, Any] | None) -> str:
     if run is not None or (run_dir / "eval_sft.json").is_file() or (run_dir / "eval_rl.json").is_file():
         return "demo"
-    if any((run_dir / n).exists() for n in ("rl_metrics.jsonl", "rl_ckpt", "rl_summary.json")):
+    if any(
+        (run_dir / n).exists() for n in ("rl_metrics.jsonl", "rl_ckpt", "rl_summary.json", "rl_config.json")
+    ):
         return "rl"
-    if (run_dir / "sft_metrics.jsonl").exists() or (run_dir / "sft_ckpt").exists():
+    if any((run_dir / n).exists() for n in ("sft_metrics.jsonl", "sft_ckpt", "sft_config.json")):
         return "sft"
     return "unknown"
 
 
-def _stage_configs(run_dir: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
-    """The config each stage recorded in its checkpoint (the only record of a `z1 rl`/`z1 sft` run's
-    flags); the RL checkpoint also carries the SFT config of the checkpoint it started from."""
-    out: dict[str, dict[str, Any]] = {}
+def _stage_configs(run_dir: Path, problems: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The config of each stage and the file it came from: `<stage>_config.json` (what `z1 sft|rl` write
+    beside their metrics), else the stage's checkpoint's extra.json (runs from before that file); an RL
+    checkpoint also carries the SFT config of the checkpoint it started from."""
+    configs: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for stage in STAGES:
+        record = read_json(run_dir / f"{stage}_config.json", problems)
+        if record is not None and isinstance(record.get("config"), dict):
+            configs[stage], sources[stage] = record["config"], f"{stage}_config.json"
     for stage in STAGES:
         extra = read_json(run_dir / f"{stage}_ckpt" / "extra.json", problems)
         for s in STAGES:
             cfg = extra.get(f"{s}_config") if extra else None
-            if isinstance(cfg, dict) and (s == stage or s not in out):
-                out[s] = cfg
-    return out
+            if isinstance(cfg, dict) and s not in configs and (s == stage or s not in sources):
+                configs[s], sources[s] = cfg, f"{stage}_ckpt/extra.json"
+    return configs, sources
 
 
 def _eval_paths(run_dir: Path, kind: str) -> dict[str, Path]:
@@ -186,11 +197,13 @@ def load_run(run_dir: Path) -> RunData:
             clips[(stage, task, outcome)] = p
         else:
             videos.append(p)
+    configs, config_files = _stage_configs(run_dir, problems)
     return RunData(
         run_dir=run_dir,
         kind=kind,
         run=run,
-        configs=_stage_configs(run_dir, problems),
+        configs=configs,
+        config_files=config_files,
         timings=timings,
         evals=evals,
         eval_files={s: p.name for s, p in paths.items()},
