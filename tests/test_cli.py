@@ -29,6 +29,57 @@ def test_rl_help_lists_ablation_switches(capsys):
         assert flag in out
 
 
+def _flag_rows(text: str) -> dict[str, str]:
+    """{flag: its help text} of a plain-text tyro help."""
+    import re
+
+    rows: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r" {1,2}(--[a-z][-\w.]*),?(.*)", line)
+        if m:
+            current = m.group(1)
+            rows[current] = m.group(2)
+        elif current and re.match(r" {3,}\S", line):
+            rows[current] += " " + line.strip()
+        else:
+            current = None
+    return rows
+
+
+@pytest.mark.parametrize("stage", ["rl", "sft"])
+def test_every_flag_has_its_own_help_and_rl_help_shows_at_most_40(stage, capsys):
+    import re
+
+    from z1.cli import RL_ADVANCED_FLAGS
+
+    with pytest.raises(SystemExit):
+        main([stage, "--help-all"])
+    every = _flag_rows(capsys.readouterr().out)
+    for flag, text in every.items():
+        words = re.sub(r"\((default: .*|required)\)|\{[^}]*\}|\b[A-Z]+\b", "", text).split()
+        assert len(words) >= 2, f"{flag} has no help of its own: {text!r}"
+    with pytest.raises(SystemExit):
+        main([stage, "--help"])
+    out = capsys.readouterr().out
+    shown = _flag_rows(out)
+    if stage == "rl":
+        assert len(shown) <= 40 and set(every) - set(shown) == RL_ADVANCED_FLAGS, sorted(shown)
+        assert f"{len(RL_ADVANCED_FLAGS)} advanced options are not shown" in out
+        assert "mw-quick:" in out and "--config FILE" in out  # presets and replay are explained
+    else:
+        assert shown == every
+
+
+def test_hidden_rl_flags_still_set_their_fields():
+    from z1.cli import stage_cli
+
+    cfg = stage_cli(
+        "rl", ["--init", "x", "--grpo.dual-clip", "2.5", "--reward.sigma-min", "0.2", "--suite", "metaworld"]
+    )
+    assert (cfg.grpo.dual_clip, cfg.reward.sigma_min, cfg.suite) == (2.5, 0.2, "metaworld")
+
+
 def test_unknown_task_set_gets_did_you_mean(tmp_path):
     from z1.config import ConfigError
     from z1.train.setup import resolve_tasks

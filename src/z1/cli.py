@@ -464,6 +464,54 @@ def _pop_option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
     return value, rest
 
 
+# Flags that `z1 rl --help` leaves out (every one still works, and `--help-all` lists them): the method's
+# constants (clip guards, reward-scale floors, EMA rates, LoRA details), scale-out plumbing that chooses
+# itself, and the tree's fine controls. What remains is what a run is usually tuned by.
+RL_ADVANCED_FLAGS = frozenset(
+    "--" + f
+    for f in (
+        "suite grad-clip image-size calibration-episodes wave-rng "
+        "rollout.window rollout.row-seeds rollout.inference rollout.branch-at "
+        "reward.p0 reward.sigma-min reward.range-delta reward.success-ema reward.t-min-quantile "
+        "reward.length-window grpo.dual-clip grpo.adv-clip grpo.log-ratio-clamp grpo.kl-target "
+        "selective.lora-rank selective.lora-alpha selective.lora-layers selective.lora-targets "
+        "selective.weight-decay advantage.w-loc advantage.w-glob task-sampling.eps task-sampling.min-groups"
+    ).split()
+)
+
+
+def concise_help(text: str, hidden: frozenset[str]) -> tuple[str, int]:
+    """tyro's plain-text help (as it renders into a pipe) with the rows of `hidden` flags removed, and any
+    option group left without a flag; returns the text and how many flags went."""
+    import re
+
+    groups: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if re.match(r" [\w-]+ options\s*$", line):  # each option group starts with " <name> options"
+            groups.append([])
+        groups[-1].append(line)
+    out: list[str] = []
+    removed = 0
+    for group in groups:
+        kept: list[str] = []
+        rows = shown = 0
+        skipping = False
+        for line in group:
+            row = re.match(r" {1,2}(-{1,2}[a-z][-\w.]*)", line)
+            if row:
+                rows += 1
+                skipping = row.group(1).rstrip(",") in hidden
+                removed += skipping
+                shown += not skipping
+            elif not re.match(r" {3,}\S", line):
+                skipping = False  # a group header, separator or description
+            if not skipping:
+                kept.append(line)
+        if kept and (shown or not rows):
+            out.append("\n".join(kept))
+    return "\n".join(out) + "\n", removed
+
+
 _DEFAULTS_HELP = """
 Defaults: --preset NAME takes every default from a run preset (below); --config FILE replays a run:
 the resolved settings that a run wrote (<out>/{stage}_config.json, or the run directory itself) become
@@ -503,6 +551,19 @@ def stage_cli(stage: str, args: list[str]):
         default = read_run_config(config, cls, stage)
     description = (cls.__doc__ or "").strip() + "\n" + _DEFAULTS_HELP.format(stage=stage)
     description += "\n\n" + presets_help()
+    hidden = RL_ADVANCED_FLAGS if stage == "rl" else frozenset()
+    if "--help-all" in args:
+        args = ["--help" if a == "--help-all" else a for a in args]
+    elif hidden and ("--help" in args or "-h" in args):
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+            tyro.cli(cls, default=default, args=args, prog=f"z1 {stage}", description=description)
+        text, removed = concise_help(buf.getvalue(), hidden)
+        print(text + f"{removed} advanced options are not shown (they all work): `z1 {stage} --help-all`.")
+        raise SystemExit(0)
     cfg = tyro.cli(cls, default=default, args=args, prog=f"z1 {stage}", description=description)
     if stage == "rl" and not cfg.init:
         raise SystemExit("z1 rl: --init CHECKPOINT is required (an SFT or imported checkpoint directory)")

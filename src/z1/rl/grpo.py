@@ -37,27 +37,28 @@ class GRPOError(ValueError):
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    """Surrogate and update schedule (defaults: docs/algorithm.md#defaults).
-
-    clip_low / clip_high: epsilon_low / epsilon_high of clip-higher (DAPO 0.2 / 0.28).
-    dual_clip: c of the dual clip for A < 0 (loss capped at -c A); None disables it.
-    kl_beta: weight of the exact per-step Gaussian KL to the reference (#kl-to-a-reference); 0 = none.
-    adv_clip: advantages are clipped to [-adv_clip, adv_clip]; None disables.
-    epochs, minibatches: update passes over one rollout batch and optimizer steps per pass (#kl-early-stop).
-    kl_target: skip the remaining update epochs when an epoch's batch-mean k3 approx-KL exceeds it
-        (`kl_early_stop`); None disables. An epoch always runs to its end, so with epochs = 1 it only logs.
-    log_ratio_clamp: log r is clamped to [-c, c] before exp.
-    """
+    """Surrogate and update schedule (defaults: docs/algorithm.md#defaults)."""
 
     clip_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 - ε_low (clip-higher, DAPO's 0.2)."""
     clip_high: float = 0.28
+    """ε_high: the ratio is clipped above at 1 + ε_high (clip-higher, DAPO's 0.28)."""
     dual_clip: float | None = 3.0
+    """c of the dual clip: for negative advantages the loss is capped at -c A; None disables it."""
     kl_beta: float = 0.0
+    """β of the exact per-step Gaussian KL to the starting policy (docs/algorithm.md#kl-to-a-reference);
+    0 = no KL term and no reference copy."""
     adv_clip: float | None = 5.0
+    """Advantages are clipped to [-adv_clip, adv_clip]; None disables."""
     epochs: int = 1
+    """Update passes over one rollout batch (docs/algorithm.md#kl-early-stop)."""
     minibatches: int = 4
+    """Optimizer steps per pass: the batch's trainable chunks split into this many minibatches."""
     kl_target: float | None = 0.02
+    """Skip the remaining update epochs when an epoch's batch-mean k3 approx-KL exceeds this; None
+    disables. An epoch always runs to its end, so with epochs = 1 it only logs."""
     log_ratio_clamp: float = 20.0
+    """The log-ratio is clamped to [-c, c] before exp (guards against overflow, not a trust region)."""
 
     def __post_init__(self) -> None:
         from z1.errors import check_float

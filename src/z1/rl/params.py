@@ -50,24 +50,26 @@ class SelectiveError(ValueError):
 
 @dataclass(frozen=True)
 class SelectiveConfig:
-    """Which parameters train during RL (docs/algorithm.md#selective-training; default "expert").
-
-    top_k: VLM layers trained in "expert+top_vlm" (the last k).
-    lora_rank, lora_alpha: adapter rank r and alpha (scaling alpha / r).
-    lora_layers: VLM layers that get LoRA in "lora" mode (the last n); None = top_k.
-    lora_targets: Linear modules inside each chosen `layers.{i}.vlm` block.
-    lr_vlm_scale: lr of VLM parameters (full or LoRA) = lr_vlm_scale * the expert's lr (`--lr`).
-    weight_decay: AdamW weight decay for every group.
-    """
+    """Which parameters train during RL (docs/algorithm.md#selective-training; default "expert")."""
 
     mode: Literal["expert", "expert+top_vlm", "lora"] = "expert"
+    """What trains: expert = the action expert and projections, the VLM frozen (its prefix caches from the
+    rollout are reused by the update); expert+top_vlm = also the last top_k VLM layers; lora = LoRA
+    adapters on the last lora_layers VLM layers."""
     top_k: int = 2
+    """VLM layers trained in "expert+top_vlm" (the last k)."""
     lora_rank: int = 16
+    """r, the rank of each LoRA adapter."""
     lora_alpha: float = 16.0
+    """α of LoRA: the adapter's output is scaled by α / r."""
     lora_layers: int | None = None
+    """VLM layers that get LoRA in "lora" mode (the last n); None = top_k."""
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    """Linear modules inside each chosen `layers.{i}.vlm` block."""
     lr_vlm_scale: float = 0.1
+    """Learning rate of VLM parameters (full or LoRA) = lr_vlm_scale * --lr (the expert's)."""
     weight_decay: float = 0.01
+    """AdamW weight decay for every group."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("expert", "expert+top_vlm", "lora"):

@@ -30,30 +30,31 @@ class RewardError(ValueError):
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Reward calibration and normalization (defaults: docs/algorithm.md#defaults).
-
-    kind: "D0" binary, "D1" linear completion-time decay, "D4" D1 gated on the task's train success.
-    lam: lambda, the largest fraction of the success reward that slowness can cost (0 <= lam < 1, so any
-        success beats any failure).
-    p0: D4 gate: lambda_task = lam * clip((p_hat - p0) / (1 - p0), 0, 1).
-    norm: "pooled" (sigma = sqrt(mean_g Var_g R) over kept groups), "group" (per-group std floored at
-        sigma_min) or "none" (Dr.GRPO: no scaling); see #reward-normalisation.
-    sigma_min: floor of the scale.
-    range_delta: delta_R of the range filter (#range-filter).
-    success_ema: decay beta of p_hat <- beta * p_hat + (1 - beta) * batch success rate.
-    t_min_quantile: T_min = this quantile of the task's recent success lengths (10th percentile).
-    length_window: how many recent success lengths per task are kept for T_min.
-    """
+    """Reward calibration and normalization (defaults: docs/algorithm.md#defaults)."""
 
     kind: Literal["D0", "D1", "D4"] = "D4"
+    """Reward of an episode: D0 is binary success; D1 lowers a success's reward linearly with its completion
+    time (faster successes score higher); D4 is D1 with the time term switched on per task only once the
+    task's train success is high enough (gate p0)."""
     lam: float = 0.3
+    """λ (lam): the largest fraction of the success reward that slowness can cost (0 <= lam < 1, so any
+    success beats any failure)."""
     p0: float = 0.5
+    """p0, the D4 gate: λ_task = lam * clip((p̂ - p0) / (1 - p0), 0, 1), p̂ the task's train success."""
     norm: Literal["pooled", "group", "none"] = "pooled"
+    """How returns are scaled into advantages: pooled divides by σ = sqrt(mean over kept groups of each
+    group's reward variance), so tasks of different difficulty share one scale; group divides by each
+    group's own std (floored at sigma_min); none does not scale (Dr.GRPO)."""
     sigma_min: float = 0.05
+    """σ_min: floor of the scale, so near-constant groups do not blow up."""
     range_delta: float = 1e-3
+    """δ_R of the range filter: groups whose rewards span less than this carry no signal and are dropped."""
     success_ema: float = 0.9
+    """β: the task's train success p̂ is tracked as p̂ <- β p̂ + (1 - β) * the batch's success rate."""
     t_min_quantile: float = 0.1
+    """T_min, the reference time of D1/D4, is this quantile of the task's recent success lengths."""
     length_window: int = 512
+    """How many recent success lengths per task are kept for T_min."""
 
     def __post_init__(self) -> None:
         from z1.errors import check_float, check_int
