@@ -469,14 +469,36 @@ def _pop_option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
 # itself, and the tree's fine controls. What remains is what a run is usually tuned by.
 RL_ADVANCED_FLAGS = frozenset(
     "--" + f
-    for f in (
-        "suite grad-clip image-size calibration-episodes wave-rng "
-        "rollout.window rollout.row-seeds rollout.inference rollout.branch-at "
-        "reward.p0 reward.sigma-min reward.range-delta reward.success-ema reward.t-min-quantile "
-        "reward.length-window grpo.dual-clip grpo.adv-clip grpo.log-ratio-clamp grpo.kl-target "
-        "selective.lora-rank selective.lora-alpha selective.lora-layers selective.lora-targets "
-        "selective.weight-decay advantage.w-loc advantage.w-glob task-sampling.eps task-sampling.min-groups"
-    ).split()
+    for f in [
+        "suite",
+        "grad-clip",
+        "image-size",
+        "calibration-episodes",
+        "wave-rng",
+        "rollout.window",
+        "rollout.row-seeds",
+        "rollout.inference",
+        "rollout.branch-at",
+        "reward.p0",
+        "reward.sigma-min",
+        "reward.range-delta",
+        "reward.success-ema",
+        "reward.t-min-quantile",
+        "reward.length-window",
+        "grpo.dual-clip",
+        "grpo.adv-clip",
+        "grpo.log-ratio-clamp",
+        "grpo.kl-target",
+        "selective.lora-rank",
+        "selective.lora-alpha",
+        "selective.lora-layers",
+        "selective.lora-targets",
+        "selective.weight-decay",
+        "advantage.w-loc",
+        "advantage.w-glob",
+        "task-sampling.eps",
+        "task-sampling.min-groups",
+    ]
 )
 
 
