@@ -468,8 +468,8 @@ def _pop_option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
 # constants (clip guards, reward-scale floors, EMA rates, LoRA details), scale-out plumbing that chooses
 # itself, and the tree's fine controls. What remains is what a run is usually tuned by.
 RL_ADVANCED_FLAGS = frozenset(
-    "--" + f
-    for f in [
+    f"--{f}"
+    for f in (
         "suite",
         "grad-clip",
         "image-size",
@@ -498,7 +498,7 @@ RL_ADVANCED_FLAGS = frozenset(
         "advantage.w-glob",
         "task-sampling.eps",
         "task-sampling.min-groups",
-    ]
+    )
 )
 
 
