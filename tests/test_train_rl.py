@@ -11,9 +11,9 @@ from fakes import identity_norm
 from z1.config import policy_preset
 from z1.models.checkpoint import load_checkpoint, save_checkpoint
 from z1.models.pi05 import Pi05Policy
+from z1.presets import rl_preset
 from z1.rl.reward import RewardConfig
 from z1.rl.task_sampling import TaskSamplingConfig
-from z1.rollout.collector import RolloutConfig
 from z1.train.metrics import read_metrics
 from z1.train.rl import RLConfig, group_plan, run_rl
 
@@ -42,22 +42,9 @@ def leaning_ckpt(tmp_path_factory) -> Path:
 
 
 def _cfg(init: Path, out: Path, iterations: int) -> RLConfig:
-    return RLConfig(
-        init=str(init),
-        out=str(out),
-        tasks=TASK,
-        iterations=iterations,
-        groups_per_task=1,
-        lr=1e-3,
-        eval_episodes=0,
-        calibration_episodes=0,
-        num_slots=4,
-        workers=0,
-        threads=1,
-        seed=3,
-        rollout=RolloutConfig(
-            group_size=4, trunks=2, branch_factor=2, branch_at=2, h_exec=4, num_steps=3, max_steps=20
-        ),
+    """The `debug` run preset (1 task, groups of 4 branched once, K=3, in-process envs) on TASK."""
+    return replace(
+        rl_preset("debug"), init=str(init), out=str(out), tasks=TASK, iterations=iterations, seed=3
     )
 
 

@@ -140,6 +140,31 @@ RUN_PRESETS: dict[str, RunPreset] = {
         _RL["robosuite"],
         demos_per_task=0,
     ),
+    # The smallest run that walks every stage of a GRPO iteration (tree branching included) in seconds; the
+    # tests start from it instead of hand-built configs. Its numbers mean nothing.
+    "debug": RunPreset(
+        "seconds-long smoke run: 1 Meta-World task, groups of 4 branched once, K=3, no evaluation",
+        RLConfig(
+            init="",
+            tasks="button-press-topdown-v3",
+            iterations=1,
+            groups_per_task=1,
+            lr=1e-3,
+            eval_episodes=0,
+            calibration_episodes=0,
+            num_slots=4,
+            workers=0,
+            threads=1,
+            rollout=RolloutConfig(
+                group_size=4, trunks=2, branch_factor=2, branch_at=2, h_exec=4, num_steps=3, max_steps=20
+            ),
+        ),
+        policy="tiny",
+        demos_per_task=2,
+        sft_steps=20,
+        sft_batch=8,
+        eval_episodes=2,
+    ),
     "robocasa24-pi05": RunPreset(
         "the paper's setting: an imported pi0.5 on RoboCasa's 24 tasks, Ray env workers, GPUs",
         _RL["robocasa24-pi05"],
