@@ -84,15 +84,14 @@ def main() -> None:
     torch.set_num_threads(1)
     console = Console()
     sft_run = Path(args.sft_run)
-    # The SFT baseline: bench/sft.py's evaluation of this variant (50 ODE episodes per task, the same eval
-    # seeds, cap, H_exec and K as run_rl's final evaluation), so every delta is paired by seed.
-    sft_results = json.loads((RESULTS / "sft_mw-quick.json").read_text())
-    if sft_run.name not in sft_results["variants"]:
-        raise SystemExit(
-            f"{sft_run.name}: no such variant in bench/results/sft_mw-quick.json "
-            f"(have {', '.join(sft_results['variants'])}); run bench/sft.py --variants {sft_run.name} first"
-        )
-    sft_eval = sft_results["variants"][sft_run.name]
+    # The SFT baseline: the variant's checkpoint evaluated by the current evaluator (per-episode flags in
+    # seed order) with run_rl's final-evaluation settings (same seeds, cap, H_exec, K), so every delta is
+    # paired by seed; computed once per SFT run and kept next to it.
+    seeded = sft_run / "eval_seeded.json"
+    if not seeded.exists():
+        sft_eval = _evaluate_sft(sft_run / "sft_ckpt", rl_preset("mw-quick"), args.eval_episodes, console)
+        write_json_atomic(seeded, sft_eval)
+    sft_eval = json.loads(seeded.read_text())
     base = rl_preset("mw-quick")
     base = replace(
         base,
@@ -124,6 +123,11 @@ def main() -> None:
             summary = run_rl(replace(cfg, out=str(out)), console)
             wall = time.perf_counter() - t0
         else:
+            if (out / "rl_config.json").exists():  # the run's own settings (flat runs are not `base`)
+                from z1.train.rl import RLConfig
+                from z1.train.runinfo import read_run_config
+
+                cfg = read_run_config(out, RLConfig, "rl")
             summary = json.loads((out / "rl_summary.json").read_text())
             times = [m["time"] for m in read_metrics(out / "rl_metrics.jsonl")]
             wall = times[-1] - times[0]
@@ -255,6 +259,24 @@ def main() -> None:
     console.print("\n".join(lines))
 
 
+def _evaluate_sft(ckpt: Path, preset, episodes: int, console) -> dict:
+    from z1.evaluate import EvalConfig, evaluate
+    from z1.models.checkpoint import load_checkpoint
+    from z1.train.setup import build_runner, make_vector_env, resolve_tasks, suite_for
+
+    tasks = resolve_tasks(preset.tasks)
+    loaded = load_checkpoint(ckpt)
+    venv = make_vector_env(suite_for(preset.tasks), 8, 2, loaded.model.config.vision.image_size)
+    try:
+        runner = build_runner(loaded.model, loaded.norm, venv.spec, preset.rollout.h_exec)
+        ro = preset.rollout
+        cfg = EvalConfig(episodes_per_task=episodes, num_steps=ro.num_steps, max_steps=ro.max_steps)
+        console.print(f"evaluating the SFT checkpoint {ckpt} ({episodes} episodes per task)")
+        return evaluate(runner, venv, tasks, cfg).to_json()
+    finally:
+        venv.close()
+
+
 def _paired(before: dict, after: dict) -> dict:
     """Paired (same eval seeds) delta after - before with its 95% interval, per task and on the average."""
     from sft import paired_delta
@@ -262,6 +284,8 @@ def _paired(before: dict, after: dict) -> dict:
     out = {}
     both: tuple[list, list] = ([], [])
     for t in before:
+        if before[t].get("seeds") != after[t].get("seeds"):
+            raise SystemExit(f"{t}: the SFT and GRPO evaluations ran different seeds; cannot pair them")
         a, b = before[t]["success_flags"], after[t]["success_flags"]
         out[t] = paired_delta(a, b)
         both[0].extend(a)
