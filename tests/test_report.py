@@ -474,7 +474,7 @@ def test_without_matplotlib_the_curves_section_says_so(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     html = write_report(make_run_dir(tmp_path))[0].read_text()
-    assert "matplotlib is not installed, so there are no curves: pip install &#x27;z1[report]&#x27;." in html
+    assert "matplotlib is not installed, so there are no curves: pip install -e &#x27;.[report]&#x27;" in html
     assert len(_parse(html).imgs) == 2 * len(TASKS)  # the filmstrips still show
 
 

@@ -142,7 +142,8 @@ class SentencePieceTokenizer:
             import sentencepiece as spm
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError(
-                "the SentencePiece tokenizer needs the `sentencepiece` package: pip install 'z1[tokenizer]'"
+                "the SentencePiece tokenizer needs the `sentencepiece` package: pip install -e "
+                "'.[tokenizer]' in the z1 checkout"
             ) from e
         self.path = p
         self._sp = spm.SentencePieceProcessor(model_file=str(p))

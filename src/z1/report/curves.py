@@ -14,7 +14,9 @@ from z1.report.fmt import Media, Section, esc, is_number, note, series
 from z1.report.load import RunData, average, task_order
 
 Figure = tuple[str, Callable[[], bytes] | None, str]  # (title, render or None, why it is missing)
-NO_MATPLOTLIB = "matplotlib is not installed, so there are no curves: pip install 'z1[report]'."
+NO_MATPLOTLIB = (
+    "matplotlib is not installed, so there are no curves: pip install -e '.[report]' in the z1 checkout."
+)
 
 
 def plots_module():
