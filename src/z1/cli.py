@@ -260,6 +260,12 @@ def _cmd_eval(c: EvalCmd) -> None:
     if not tasks:
         raise LimitError(f"--tasks {c.tasks!r} names no task")
     num_steps = eval_num_steps(c.num_steps, loaded.conventions)
+    if c.videos:
+        from z1.media import video_unavailable
+
+        why = video_unavailable()
+        if why:
+            raise LimitError(f"--videos {c.videos}: {why}; or pass --videos 0")
     venv = make_vector_env(
         suite_for(c.tasks, c.suite), c.num_slots, c.workers, loaded.model.config.vision.image_size, c.ray
     )

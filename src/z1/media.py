@@ -59,7 +59,7 @@ def video_unavailable() -> str | None:
     try:
         import av
     except ImportError:
-        return "PyAV is not installed: pip install 'z1[video]'"
+        return "PyAV is not installed: pip install -e '.[video]' in the z1 checkout"
     if "libx264" not in av.codecs_available:
         return f"PyAV {av.__version__} has no libx264 encoder (install the PyPI wheel of av)"
     return None
