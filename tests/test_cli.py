@@ -51,7 +51,7 @@ def _flag_rows(text: str) -> dict[str, str]:
 def test_every_flag_has_its_own_help_and_rl_help_shows_at_most_40(stage, capsys):
     import re
 
-    from z1.cli import RL_ADVANCED_FLAGS
+    from z1.cli_config import RL_ADVANCED_FLAGS
 
     with pytest.raises(SystemExit):
         main([stage, "--help-all"])
@@ -72,7 +72,7 @@ def test_every_flag_has_its_own_help_and_rl_help_shows_at_most_40(stage, capsys)
 
 
 def test_hidden_rl_flags_still_set_their_fields():
-    from z1.cli import stage_cli
+    from z1.cli_config import stage_cli
 
     cfg = stage_cli(
         "rl", ["--init", "x", "--grpo.dual-clip", "2.5", "--reward.sigma-min", "0.2", "--suite", "metaworld"]

@@ -63,7 +63,7 @@ def test_tensorboard_gets_the_runs_hparams_and_final_loss(dataset, tmp_path):
 
 
 def test_sft_preset_supplies_the_recipe_and_flags_override_it():
-    from z1.cli import stage_cli
+    from z1.cli_config import stage_cli
     from z1.presets import run_preset
 
     p = run_preset("mw-quick")
@@ -76,7 +76,7 @@ def test_sft_preset_supplies_the_recipe_and_flags_override_it():
 
 
 def test_config_of_another_stage_or_with_a_bad_field_is_refused(dataset, tmp_path):
-    from z1.cli import stage_cli
+    from z1.cli_config import stage_cli
 
     _sft(dataset, tmp_path / "r", *SHORT)
     with pytest.raises(ConfigError, match="records a `z1 sft` run, not `z1 rl`"):
@@ -107,7 +107,7 @@ def test_rl_config_round_trips_through_its_record(tmp_path):
     `rl_config.json`, so `z1 rl --config` starts exactly the run that was recorded."""
     from dataclasses import replace
 
-    from z1.cli import stage_cli
+    from z1.cli_config import stage_cli
     from z1.presets import rl_preset
     from z1.train.runinfo import write_run_config
 

@@ -10,7 +10,7 @@ top-level module (`z1.cli`); `z1/__init__.py` is the unit `z1`. The layers, bott
     4  distributed  distributed
     5  train        train
     6  outputs      presets, report, media
-    7  demo         demo
+    7  commands     demo, cli_config (sft/rl flags -> config), cli_errors (messages, exit codes)
     8  cli          cli
 
 Rule 1 (layers): a unit imports units of lower layers only. Within a layer, units stay independent except
@@ -55,11 +55,11 @@ LAYERS: dict[str, int] = {
     "distributed": 4,
     "train": 5,
     **dict.fromkeys(["presets", "report", "media"], 6),
-    "demo": 7,
+    **dict.fromkeys(["demo", "cli_config", "cli_errors"], 7),
     "cli": 8,
 }
 LAYER_NAMES = dict(enumerate(["base", "components", "learning", "evaluate", "distributed", "train"]))
-LAYER_NAMES.update({6: "outputs", 7: "demo", 8: "cli"})
+LAYER_NAMES.update({6: "outputs", 7: "commands", 8: "cli"})
 
 SIDEWAYS: dict[tuple[str, str], str] = {
     ("data", "envs"): "data.collect records demonstrations with the envs' scripted experts",

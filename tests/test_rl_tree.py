@@ -15,17 +15,19 @@ from z1.rollout.tree import (
     Tree,
     TreeConfig,
     TreeError,
-    advantage_scale,
     branch_factor_at,
+    expected_env_step_ratio,
+    plan_branch_levels,
+    tree_cost,
+)
+from z1.rollout.tree_advantages import (
+    advantage_scale,
     edge_advantages,
     edge_weights,
-    expected_env_step_ratio,
     flat_advantages,
     local_global_advantages,
     node_values,
-    plan_branch_levels,
     trainable_edges,
-    tree_cost,
 )
 
 # ---- brute-force references: plain loops over root-to-leaf paths ------------------------------------

@@ -12,7 +12,8 @@ from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig, score_batch
 from z1.rollout.collector import RolloutConfig, collect_groups
 from z1.rollout.runner import dedupe
-from z1.rollout.tree import Tree, edge_weights, node_values
+from z1.rollout.tree import Tree
+from z1.rollout.tree_advantages import edge_weights, node_values
 
 
 @pytest.fixture(scope="module")

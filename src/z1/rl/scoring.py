@@ -33,7 +33,7 @@ from z1.rl.reward import (
     pooled_sigma,
     range_filter,
 )
-from z1.rollout.tree import edge_advantages, edge_weights, local_global_advantages, trainable_edges
+from z1.rollout.tree_advantages import edge_advantages, edge_weights, local_global_advantages, trainable_edges
 
 
 @dataclass(frozen=True)
