@@ -212,7 +212,10 @@ def _periodic_eval(
         runner = build_runner(
             model, norm, venv.spec, h_exec=max(1, model.config.action_horizon // 2), tokenizer_path=tokenizer
         )
-        res = evaluate(runner, venv, tasks, EvalConfig(episodes_per_task=cfg.eval_episodes, num_steps=5))
+        # K as the checkpoint's source samples (an imported pi0.5's num_inference_steps), else the laptop
+        # presets' K = 5.
+        k = norm.conventions.num_inference_steps or 5
+        res = evaluate(runner, venv, tasks, EvalConfig(episodes_per_task=cfg.eval_episodes, num_steps=k))
     finally:
         venv.close()
     return eval_metrics(res)
