@@ -58,6 +58,8 @@ class CollectCmd:
     """Worker processes (one simulator each)."""
     seed: int = 0
     """First episode seed."""
+    video: bool = False
+    """Store the cameras as mp4 (AV1, LeRobot's default; lossy, smaller) instead of PNG in parquet."""
 
     def __post_init__(self) -> None:
         check_int(self.episodes, "--episodes", low=1)
@@ -213,6 +215,7 @@ def _cmd_collect(c: CollectCmd) -> None:
         seed=c.seed,
         image_size=(c.image_size, c.image_size),
         workers=c.workers,
+        video=c.video,
     )
     print(summary)
 

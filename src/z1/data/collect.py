@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from z1.data.errors import DatasetError
+from z1.data.lerobot_video import DEFAULT_VIDEO_CODEC
 from z1.data.lerobot_write import LeRobotWriter, make_features
 
 DEFAULT_EXTRA_STEPS = 5
@@ -240,12 +241,16 @@ def collect(
     max_attempts_per_episode: int = 3,
     progress: bool = True,
     env_factory: Callable[[], Any] | None = None,
+    video: bool = False,
+    video_codec: str = DEFAULT_VIDEO_CODEC,
 ) -> CollectSummary:
     """Collect `episodes_per_task` successful noisy-expert episodes per task into `out_root` (see module doc).
 
     task_set_or_tasks: a task-set name ("mw-quick", "mt10", "mt50") or a list of task names.
     suite: the env suite; default: the task set's suite, else "metaworld".
     env_factory: build the env yourself (tests); it must be picklable when workers > 0.
+    video: store the cameras as mp4 encoded with `video_codec` instead of PNG (lerobot_video.py: lossy,
+    about a third of the PNG bytes at 64x64; see lerobot_write.py for the measured sizes).
     """
     t_start = time.perf_counter()
     out = Path(out_root)
@@ -279,7 +284,7 @@ def collect(
         instructions = {t: probe.instruction(t) for t in tasks}
     finally:
         probe.close()
-    feats = make_features(spec.state_names, spec.action_names, spec.cameras, spec.image_size)
+    feats = make_features(spec.state_names, spec.action_names, spec.cameras, spec.image_size, video=video)
 
     kept = {t: 0 for t in tasks}
     dropped = {t: 0 for t in tasks}
@@ -312,7 +317,12 @@ def collect(
     )
     pool = _Pool(workers, suite, env_kw, env_factory, noise, extra_steps_after_success)
     try:
-        with bar, LeRobotWriter(out, spec.control_hz, feats, robot_type=spec.suite) as writer:
+        with (
+            bar,
+            LeRobotWriter(
+                out, spec.control_hz, feats, robot_type=spec.suite, video_codec=video_codec
+            ) as writer,
+        ):
             bar_id = bar.add_task("", total=total)
             pending = make_jobs({t: episodes_per_task for t in tasks})
             while pending:
@@ -348,6 +358,7 @@ def collect(
                     "kept": kept,
                     "dropped": dropped,
                     "env_seeds": f"task episode k uses env seed {seed} + k (k counts dropped attempts)",
+                    "cameras": f"mp4 ({video_codec})" if video else "png",
                 },
             )
     finally:

@@ -1,6 +1,7 @@
 """LeRobotDataset v3.0 writer and v3.0 / v2.1 reader: the one import point for the format.
 
-Writer: `lerobot_write.py` (layout, statistics, PNG size per 1,000 frames, atomicity). Reader:
+Writer: `lerobot_write.py` (layout, statistics, PNG and mp4 sizes, atomicity) with `lerobot_video.py`
+(mp4 camera streams: codecs, per-episode timestamps). Reader:
 `lerobot_read.py` (the `Dataset`) with `lerobot_layout.py`, `lerobot_files.py`, `lerobot_frames.py`,
 `lerobot_stats.py`; fitting a dataset to a policy: `lerobot_checks.py`. Mapping a dataset's names onto the
 policy's and choosing its statistics: `mapping.py`.

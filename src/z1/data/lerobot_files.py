@@ -1,11 +1,16 @@
 """Checked reads of the files of a LeRobotDataset: JSON, JSON lines, parquet, info.json fields, vector
 columns. Each failure is a `DatasetError` naming the file, the field or column, and what was expected, so a
 malformed dataset is reported where it is malformed instead of surfacing later as a shape error.
+
+Also the writer's two file-system steps (a temporary directory with normal permissions, fsync before the
+rename), shared by the parquet and mp4 parts of a dataset.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +106,32 @@ def check_finite(
         f"{np.flatnonzero(bad[r]).tolist()[:8]}. Training on them would turn the weights into NaN: fix or "
         "drop these frames"
     )
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under `root`, so a rename after it publishes complete files."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh directory created with mode 0o777 minus the umask (tempfile.mkdtemp would force 0o700, so
+    the renamed dataset would be private to its owner)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise DatasetError(f"{parent}: cannot create a temporary directory named {prefix}<random suffix>")

@@ -332,7 +332,13 @@ class Dataset:
             path, t0 = video_location(
                 self.root, self.info, self._info_path, self.version, self._ep_meta[int(i)], key
             )
-            out[sel] = decode_video_frames(path, t0 + self.timestamp[rows[sel]], self.fps)
+            got = decode_video_frames(path, t0 + self.timestamp[rows[sel]], self.fps)
+            if got.shape[1:] != out.shape[1:]:
+                raise DatasetError(
+                    f"{path}: frames are {list(got.shape[1:])} but {self._info_path} field "
+                    f"'features.{key}.shape' says {list(out.shape[1:])}"
+                )
+            out[sel] = got
         return out
 
     def __repr__(self) -> str:
