@@ -135,22 +135,30 @@ def policy_preset(name: str) -> PolicyConfig:
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
-    """Flow sampler (docs/algorithm.md#flow-sde-step). t runs from 1 (noise) to 0 (action) on a uniform
-    grid of K steps.
-
-    mode: "ode" is the deterministic Euler sampler (eval); "sde" injects noise at the stochastic steps.
-    stochastic: which steps are stochastic in SDE mode: "single" (one random step per chunk, excluding
-    the last), "window" (`window` consecutive steps at a random start, excluding the last) or "all".
-    noise_level: a in sigma_t = a * sqrt(t / (1 - t)).
-    h_exec / d_exec: noise is injected (and log-probs scored) only on the first h_exec rows and the first
-    d_exec action dims, the entries that the env executes.
-    """
+class FlowSDEConfig:
+    """The Flow-SDE settings (docs/algorithm.md#flow-sde-step), declared once: the sampler (`SamplerConfig`)
+    and GRPO's rollouts (`RolloutConfig`, the `--rollout.*` flags) both take them from here."""
 
     num_steps: int = 10
-    mode: Literal["ode", "sde"] = "ode"
+    """Denoise steps K: t runs from 1 (noise) to 0 (action) on a uniform grid of K steps (GRPO evaluates
+    with the same K)."""
     noise_level: float = 0.5
+    """a of the Flow-SDE: σ_t = a * sqrt(t / (1 - t))."""
     stochastic: Literal["single", "window", "all"] = "single"
+    """Which denoise steps are stochastic (and scored) in SDE mode: single = one random step per chunk,
+    window = `window` consecutive steps at a random start, all = every step; single and window never pick
+    the last step (docs/algorithm.md#stochastic-steps)."""
     window: int = 2
+    """Window length for stochastic = window."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig(FlowSDEConfig):
+    """The flow sampler of one call: the Flow-SDE settings plus which sampler and which entries count."""
+
+    mode: Literal["ode", "sde"] = "ode"
+    """ode: the deterministic Euler sampler (evaluation); sde: noise at the stochastic steps."""
     h_exec: int = 50
+    """Noise is injected (and log-probs scored) only on the first h_exec rows of the chunk ..."""
     d_exec: int = 32
+    """... and the first d_exec action dims: the entries the env executes."""

@@ -36,6 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from z1.config import FlowSDEConfig
 from z1.envs.vector import EnvWorkerError
 from z1.models.pi05 import PolicyInputs, PrefixCache
 from z1.records import GroupRollout, RolloutBatch
@@ -51,8 +52,9 @@ from z1.rollout.tree import Tree, TreeConfig, branch_factor_at, plan_branch_leve
 
 
 @dataclass(frozen=True)
-class RolloutConfig:
-    """How groups are rolled out (docs/algorithm.md#flow-sde-step, #trees)."""
+class RolloutConfig(FlowSDEConfig):
+    """How groups are rolled out (docs/algorithm.md#flow-sde-step, #trees): the Flow-SDE settings
+    (`FlowSDEConfig`: K, noise level, stochastic steps) and the group's shape and plumbing."""
 
     group_size: int = 8
     """Leaves per group G (tree: trunks * branch_factor; flat: G members from the same state)."""
@@ -71,15 +73,6 @@ class RolloutConfig:
     (docs/algorithm.md#env-step-savings)."""
     h_exec: int = 4
     """Actions executed per chunk before the policy looks again."""
-    num_steps: int = 5
-    """Denoise steps K (the same K is used for evaluation)."""
-    noise_level: float = 0.5
-    """a of the Flow-SDE: sigma_t = a * sqrt(t / (1 - t))."""
-    stochastic: Literal["single", "window", "all"] = "single"
-    """Stochastic denoise steps: one random (not the last), a window, or all
-    (docs/algorithm.md#stochastic-steps)."""
-    window: int = 2
-    """Window length for stochastic='window'."""
     share_prefix: bool = True
     """Compute the VLM prefix once per distinct observation (ablation switch)."""
     max_steps: int = 200
