@@ -20,6 +20,7 @@ SUITES: dict[str, str] = {
     "metaworld": "z1.envs.metaworld:MetaWorldEnv",
     "robosuite": "z1.envs.robosuite:RobosuiteEnv",
     "robocasa": "z1.envs.robocasa:RoboCasaEnv",
+    "libero": "z1.envs.libero:LiberoEnv",
 }
 
 
