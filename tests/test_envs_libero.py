@@ -205,3 +205,22 @@ def test_camera_flip(env: lib.LiberoEnv) -> None:
     for cam in lib.CAMERAS:
         np.testing.assert_array_equal(flipped.images[cam], upright.images[cam][:, ::-1])
         assert not np.array_equal(flipped.images[cam], upright.images[cam])
+
+
+@pytest.mark.sim
+@needs_libero
+def test_success_predicate_on_a_scripted_state(env: lib.LiberoEnv) -> None:
+    """Put the object of "(In obj basket_contain_region)" into the basket: the BDDL goal holds."""
+    task = _task(env, "libero_object")  # pick up the alphabet soup and place it in the basket
+    env.reset(task, 0)
+    raw = env.raw_env
+    (pred, obj, region) = raw.parsed_problem["goal_state"][0]
+    assert pred == "in" and not env.step(np.array([0, 0, 0, 0, 0, 0, -1.0])).success
+    joint = raw.get_object(obj).joints[-1]
+    qpos = np.array(raw.sim.data.get_joint_qpos(joint))
+    qpos[:3] = raw.sim.data.get_site_xpos(region) + np.array([0.0, 0.0, 0.06])
+    raw.sim.data.set_joint_qpos(joint, qpos)
+    raw.sim.data.set_joint_qvel(joint, np.zeros(6))
+    raw.sim.forward()
+    results = [env.step(np.array([0, 0, 0, 0, 0, 0, -1.0])) for _ in range(5)]
+    assert any(r.success for r in results) and env.success_latched

@@ -92,6 +92,7 @@ def __getattr__(name: str) -> Any:
     so the registry skips the suite, when LIBERO is not installed)."""
     if name == "TASK_SETS":
         try:
+            require_libero()  # checked every time: the task table itself is cached
             return _task_sets()
         except LiberoUnavailable:
             raise AttributeError(name) from None
