@@ -282,7 +282,7 @@ class LiberoEnv(RobosuiteBaseEnv):
             built = self._built.get(task)
             if built is None:
                 np.random.seed(0)  # the build samples too: the same model in every process
-                built = self._build(task, index)
+                built = self._build(task, 0)
                 self._built[task] = built
             raw = built.env
             # in place: robosuite's samplers and robots hold references to this Generator
