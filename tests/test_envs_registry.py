@@ -31,7 +31,7 @@ def test_make_env():
     env = make_env("metaworld", render=False)
     assert isinstance(env, MetaWorldEnv) and isinstance(env, Env)
     assert env.spec.max_steps == 500 and env.spec.action_dim == 4 and env.spec.state_dim == 4
-    assert set(SUITES) == {"metaworld", "robosuite", "robocasa"}
+    assert set(SUITES) == {"metaworld", "robosuite", "robocasa", "libero"}
 
 
 @pytest.mark.parametrize("suite", ["robosuite", "robocasa"])
