@@ -118,3 +118,20 @@ def test_rl_config_round_trips_through_its_record(tmp_path):
     assert stage_cli("rl", ["--config", str(tmp_path), "--grpo.epochs", "3"]) == replace(
         cfg, grpo=replace(cfg.grpo, epochs=3)
     )
+
+
+def test_replay_neither_resumes_nor_overwrites_and_a_resume_keeps_the_record(tmp_path):
+    from dataclasses import replace
+
+    from z1.cli_config import stage_cli
+    from z1.presets import rl_preset
+    from z1.train.runinfo import config_path, write_run_config
+
+    cfg = replace(rl_preset("debug"), init="ckpt", overwrite=True)
+    write_run_config(tmp_path, "rl", cfg)
+    replayed = stage_cli("rl", ["--config", str(tmp_path)])
+    assert (replayed.overwrite, replayed.resume) == (False, False)
+    assert replace(replayed, overwrite=True) == cfg
+    first = config_path(tmp_path, "rl").read_text()
+    write_run_config(tmp_path, "rl", replace(cfg, overwrite=False, resume=True, iterations=9), resumed=True)
+    assert config_path(tmp_path, "rl").read_text() == first  # the resumed run's own record stays

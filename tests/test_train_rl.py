@@ -111,3 +111,28 @@ def test_expert_only_training_keeps_the_vlm_bit_identical(leaning_ckpt, tmp_path
             assert torch.equal(before[k], after[k]), k
     assert m["update/terms"] > 0 and m["update/steps"] > 0
     assert any(not torch.equal(before[k], after[k]) for k in before if ".expert." in k)
+
+
+def test_lora_run_saves_a_loadable_merged_policy_and_refuses_resume(leaning_ckpt, tmp_path):
+    """A `--selective.mode lora` run's checkpoint is a plain pi0.5 (adapters folded in) that load_checkpoint
+    reads, it differs from the start only in the LoRA'd VLM layers and the expert, and --resume says why it
+    cannot continue such a run."""
+    from z1.config import ConfigError
+    from z1.rl.params import SelectiveConfig
+
+    cfg = replace(
+        _updating_cfg(leaning_ckpt, tmp_path / "r", 1),
+        lr=1e-2,
+        selective=SelectiveConfig(mode="lora", lora_layers=1, lora_rank=2),
+    )
+    metrics = run_rl(cfg)
+    assert metrics["iterations"] == 1
+    start = load_checkpoint(leaning_ckpt).model.state_dict()
+    after = load_checkpoint(tmp_path / "r" / "rl_ckpt").model.state_dict()
+    assert after.keys() == start.keys()  # no lora_A / lora_B keys
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    depth = max(int(k.split(".")[1]) for k in start if k.startswith("layers.")) + 1
+    assert any(k.startswith(f"layers.{depth - 1}.vlm.") for k in changed)  # the merged adapters
+    assert not any(k.startswith(f"layers.{depth - 2}.vlm.") or k.startswith("vision.") for k in changed)
+    with pytest.raises(ConfigError, match="LoRA run's merged weights"):
+        run_rl(replace(cfg, resume=True, iterations=2))

@@ -180,6 +180,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     if not cfg.sft_checkpoint:
         console.rule("2/5 supervised fine-tuning (flow matching)")
         t0 = time.perf_counter()
+        import torch
+
+        # The demo is its own entry point for these stages: SFT has the machine to itself (no env workers)
+        # and takes 2 threads; GRPO's learner takes --threads beside its env workers.
+        torch.set_num_threads(2)
         run_sft(
             SFTConfig(
                 dataset=str(dataset),
@@ -219,6 +224,9 @@ def run_demo(cfg: DemoConfig) -> Path:
             seed=cfg.seed,
             overwrite=cfg.overwrite,
         )
+        import torch
+
+        torch.set_num_threads(cfg.threads)
         summary = run_rl(rl_cfg, console)
         rl_env_steps = summary["env_steps"]
         timings["rl"] = time.perf_counter() - t0

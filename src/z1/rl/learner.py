@@ -87,7 +87,7 @@ class Learner:
     ) -> Learner:
         """Mark the trained parameters of `model` (`apply_selective`, which may add LoRA adapters) and
         build AdamW over them: the expert at `lr`, VLM parameters at `lr * selective.lr_vlm_scale`."""
-        groups = apply_selective(model, selective, lr)
+        groups = apply_selective(model, selective, lr, generator=generator)  # LoRA's init from the run's seed
         prefix_frozen = frozen_prefix(model, selective)
         optimizer = torch.optim.AdamW(groups.optimizer_groups(), betas=ADAM_BETAS, eps=ADAM_EPS)
         return cls(model, optimizer, groups, cfg, grad_clip, prefix_frozen, generator, ctx, ref_model)

@@ -113,6 +113,18 @@ def merge_lora(model: nn.Module) -> list[str]:
     return merged
 
 
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every adapter folded in (plain nn.Linear modules, the original state_dict
+    keys): what a checkpoint of a LoRA run stores, so that anything that loads pi0.5 loads it. `model`
+    itself keeps its adapters."""
+    import copy
+
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        merge_lora(out)
+    return out
+
+
 @contextmanager
 def lora_disabled(model: nn.Module) -> Iterator[None]:
     """Run the base model (adapters off), e.g. as the KL reference (docs/algorithm.md#kl-to-a-reference)."""

@@ -30,6 +30,7 @@ from z1.fsutil import check_run_dir, recover_directory, write_json_atomic
 from z1.models.checkpoint import load_checkpoint, read_config, save_checkpoint
 from z1.rl.grpo import GRPOConfig
 from z1.rl.learner import Learner
+from z1.rl.lora import merged_copy
 from z1.rl.params import SelectiveConfig
 from z1.rl.reward import RewardConfig, TaskTimeStats
 from z1.rl.scoring import AdvantageConfig
@@ -282,6 +283,11 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
             "be on a filesystem that all nodes share"
         )
     resume = cfg.resume and found
+    if resume and cfg.selective.mode == "lora":
+        raise ConfigError(
+            f"--resume: {ckpt_dir} holds the LoRA run's merged weights, from which its adapters cannot be "
+            "separated again; start a new run from it (--init) instead"
+        )
     if resume:
         check_resume(cfg, ckpt_dir)
     loaded = load_checkpoint(ckpt_dir if resume else Path(cfg.init))
@@ -304,7 +310,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     start_iter = 0
     logger = MetricsLogger(out, "rl", wandb=cfg.wandb, config=asdict(cfg)) if ctx.is_main else None
     if ctx.is_main:
-        write_run_config(out, "rl", cfg)
+        write_run_config(out, "rl", cfg, resumed=resume)
     if resume:
         state = load_train_state(
             ckpt_dir / "train_state",
@@ -395,7 +401,10 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
                     "init_sha256": _init_hash(Path(cfg.init)),
                 }
                 tok = loaded.tokenizer_path
-                save_checkpoint(ckpt_dir, model, loaded.norm, extra=extra, train_state=spec, tokenizer=tok)
+                # LoRA adapters are folded into their base weights in the saved policy, so the checkpoint
+                # is a plain pi0.5 that z1 eval / sft / rl load (the run itself keeps training the adapters).
+                saved = merged_copy(model) if cfg.selective.mode == "lora" else model
+                save_checkpoint(ckpt_dir, saved, loaded.norm, extra=extra, train_state=spec, tokenizer=tok)
                 progress.update(
                     it_task,
                     advance=1,

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,10 +71,14 @@ def config_path(out: Path | str, stage: str) -> Path:
     return Path(out) / f"{stage}_config.json"
 
 
-def write_run_config(out: Path | str, stage: str, cfg: Any) -> Path:
-    """Write `<out>/<stage>_config.json` (atomically): the resolved `cfg` and the provenance."""
+def write_run_config(out: Path | str, stage: str, cfg: Any, resumed: bool = False) -> Path:
+    """Write `<out>/<stage>_config.json` (atomically): the resolved `cfg` and the provenance. A resumed run
+    keeps the record of the run it continues (its command line and start), if there is one."""
+    path = config_path(out, stage)
+    if resumed and path.is_file():
+        return path
     record = {"format": FORMAT, "stage": stage, "config": asdict(cfg), **provenance()}
-    return write_json_atomic(config_path(out, stage), record)
+    return write_json_atomic(path, record)
 
 
 def read_run_config(path: Path | str, cls: type[T], stage: str) -> T:
@@ -106,8 +110,11 @@ def read_run_config(path: Path | str, cls: type[T], stage: str) -> T:
             f"`z1 {record.get('stage')} --config`"
         )
     try:
-        return dataclass_from_json(cls, record["config"], f"{p}: config")
+        cfg = dataclass_from_json(cls, record["config"], f"{p}: config")
     except CheckpointError as e:  # an unknown field or a value of the wrong type, named
         raise ConfigError(f"--config {e}") from e
     except (TypeError, ValueError) as e:  # the config's own checks (__post_init__)
         raise ConfigError(f"--config {p}: {e}") from e
+    # What the recorded run did to its directory is not part of the run: a replay neither resumes nor
+    # overwrites unless its own flags say so.
+    return replace(cfg, resume=False, overwrite=False)

@@ -388,7 +388,7 @@ def _run_sft(cfg: SFTConfig, console, geometry: PolicyConfig | None, stack: Exit
     start = 0
     logger = MetricsLogger(out, "sft", wandb=cfg.wandb, config=asdict(cfg)) if ctx.is_main else None
     if ctx.is_main:
-        write_run_config(out, "sft", cfg)
+        write_run_config(out, "sft", cfg, resumed=resume)
     if resume:
         state = load_train_state(ckpt_dir / "train_state", optimizer, torch_generators={"batches": generator})
         start = int(state.meta["step"])
