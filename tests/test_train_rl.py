@@ -136,3 +136,18 @@ def test_lora_run_saves_a_loadable_merged_policy_and_refuses_resume(leaning_ckpt
     assert not any(k.startswith(f"layers.{depth - 2}.vlm.") or k.startswith("vision.") for k in changed)
     with pytest.raises(ConfigError, match="LoRA run's merged weights"):
         run_rl(replace(cfg, resume=True, iterations=2))
+
+
+def test_training_seeds_never_reach_the_evaluation_seeds():
+    from z1.config import ConfigError
+    from z1.evaluate import EVAL_SEED_BASE
+    from z1.train.rl import check_seed_ranges
+
+    cfg = replace(rl_preset("robocasa24-pi05"), init="x")  # 24 tasks x 8 groups, 200 iterations
+    check_seed_ranges(cfg, 24)  # uniform: 192 seeds per iteration, 48,400 at the end
+    uncertain = replace(cfg, task_sampling=TaskSamplingConfig(mode="uncertain"))
+    with pytest.raises(ConfigError, match=f"past the first evaluation seed {EVAL_SEED_BASE}"):
+        check_seed_ranges(uncertain, 24)  # 4,608 per iteration: would cross at iteration 20
+    check_seed_ranges(replace(uncertain, iterations=19), 24)
+    plan = group_plan(["t"] * 24, [8] * 24, 18, 8 * 24)  # the last iteration's seeds stay below
+    assert max(s for _, s in plan) < EVAL_SEED_BASE

@@ -25,7 +25,7 @@ from z1.config import ConfigError
 from z1.distributed.ddp import DistContext
 from z1.distributed.waves import check_waves, evaluate_sharded
 from z1.errors import RunDirError, check_float, check_int
-from z1.evaluate import EvalConfig, eval_metrics, markdown_table
+from z1.evaluate import EVAL_SEED_BASE, EvalConfig, eval_metrics, markdown_table
 from z1.fsutil import check_run_dir, recover_directory, write_json_atomic
 from z1.models.checkpoint import load_checkpoint, read_config, save_checkpoint
 from z1.rl.grpo import GRPOConfig
@@ -243,6 +243,21 @@ def _check_against_policy(cfg: RLConfig, pc) -> None:
         raise ConfigError(f"--rollout.max-steps {ro.max_steps} is shorter than one chunk (--rollout.h-exec)")
 
 
+def check_seed_ranges(cfg: RLConfig, num_tasks: int) -> None:
+    """Training groups must never start from an evaluation seed: iteration i uses seeds up to
+    TRAIN_SEED_BASE + (i + 1) * num_tasks * stride (stride = groups_per_task, or groups_per_task * num_tasks
+    when groups are shared out by uncertainty), which has to stay below EVAL_SEED_BASE."""
+    per_task = cfg.groups_per_task * (num_tasks if cfg.task_sampling.mode == "uncertain" else 1)
+    last = TRAIN_SEED_BASE + cfg.iterations * num_tasks * per_task
+    if last > EVAL_SEED_BASE:
+        raise ConfigError(
+            f"{cfg.iterations} iterations of {num_tasks} tasks x {per_task} seeds would use training seeds "
+            f"up to {last}, past the first evaluation seed {EVAL_SEED_BASE}: the policy would be evaluated "
+            "on initial states it trained on. Lower --iterations or --groups-per-task (or use "
+            "--task-sampling.mode uniform)"
+        )
+
+
 def run_rl(cfg: RLConfig, console=None) -> dict:
     """The GRPO loop. Returns a summary dict (also written to `out/rl_summary.json`).
 
@@ -255,6 +270,7 @@ def run_rl(cfg: RLConfig, console=None) -> dict:
     ctx = DistContext.init_from_env()  # one process unless launched by torchrun
     wave_rng = _check_distributed(cfg, ctx)
     tasks = resolve_tasks(cfg.tasks)
+    check_seed_ranges(cfg, len(tasks))
     if ctx.is_distributed:  # fail before any work, on every rank alike
         check_waves(cfg.groups_per_task * len(tasks), cfg.num_slots, cfg.rollout.group_size, ctx.world_size)
     out = Path(cfg.out)
