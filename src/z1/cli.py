@@ -443,10 +443,6 @@ def _main(argv: list[str]) -> None:
     )
     if isinstance(cmd, CollectCmd):
         _cmd_collect(cmd)
-    elif isinstance(cmd, SFTConfig):
-        _cmd_sft(cmd)
-    elif isinstance(cmd, RLConfig):
-        _cmd_rl(cmd)
     elif isinstance(cmd, EvalCmd):
         _cmd_eval(cmd)
     elif isinstance(cmd, DemoConfig):
@@ -458,8 +454,6 @@ def _main(argv: list[str]) -> None:
         _cmd_report(cmd)
     elif isinstance(cmd, ImportCmd):
         _cmd_import(cmd)
-    elif isinstance(cmd, EnvsListCmd):
-        _cmd_envs(cmd)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Model geometry lives in `PolicyConfig` (presets `tiny` for tests, `laptop` the CPU default, `small`,
 `pi05`); sampling in `SamplerConfig`.
-Run-level presets (`mw-quick`, `mt10`, `robosuite`, `robocasa24-pi05`) are defined further down, next to
-the configs of the stages that use them. Every registry lookup gives a did-you-mean error.
+Run-level presets (`mw-quick`, `mt10`, `robosuite`, `robocasa24-pi05`, `debug`) live in z1/presets.py (above
+the training layer, whose configs they hold). Every registry lookup gives a did-you-mean error.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ demonstrations to collect and how many episodes to evaluate; `z1 sft|rl --preset
 of every field and the flags after it override field by field; `z1 demo` runs it as it is (only paths,
 workers and seed come from the demo's own flags). `mw-quick` and `mt10` run on 2 CPU cores with the
 laptop policy; `robocasa24-pi05` is the paper's setting (a real pi0.5 imported with `z1 import`, RoboCasa
-v0.2's 24 tasks, Ray env workers) and needs GPUs plus a user-installed RoboCasa. Policy geometries
-(`--policy tiny|laptop|small|pi05`) are a separate, lower-level registry: z1.config.POLICY_PRESETS.
+v0.2's 24 tasks, 24 env worker processes, `--ray auto` to spread them over a cluster) and needs GPUs plus
+a user-installed RoboCasa. Policy geometries (`--policy tiny|laptop|small|pi05`) are a separate, lower-level
+registry: z1.config.POLICY_PRESETS.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ RUN_PRESETS: dict[str, RunPreset] = {
         eval_episodes=2,
     ),
     "robocasa24-pi05": RunPreset(
-        "the paper's setting: an imported pi0.5 on RoboCasa's 24 tasks, Ray env workers, GPUs",
+        "the paper's setting: an imported pi0.5 on RoboCasa's 24 tasks, 24 env workers (--ray auto), GPUs",
         _RL["robocasa24-pi05"],
         policy="pi05",
         demos_per_task=0,

@@ -72,7 +72,7 @@ class RLConfig:
     num_slots: int = 16
     """Env slots (episodes in flight); at least `rollout.group_size`."""
     workers: int = 2
-    """Env worker processes (0: in-process, sequential)."""
+    """Env worker processes (0: in-process, sequential); with --ray, Ray actors (0: one per cluster CPU)."""
     ray: Literal["local", "auto"] | None = None
     """Env slots on `workers` Ray actors: local starts a cluster here, auto joins `ray start`'s (README)."""
     threads: int = 1
@@ -237,8 +237,6 @@ def _check_against_policy(cfg: RLConfig, pc) -> None:
             f"--rollout.h-exec {ro.h_exec} must be in 1..{pc.action_horizon} (the action horizon of --init "
             f"{cfg.init})"
         )
-    if ro.num_steps < 1:
-        raise ConfigError(f"--rollout.num-steps must be >= 1, got {ro.num_steps}")
     if ro.max_steps < ro.h_exec:
         raise ConfigError(f"--rollout.max-steps {ro.max_steps} is shorter than one chunk (--rollout.h-exec)")
 
