@@ -120,17 +120,7 @@ def stage_cli(stage: str, args: list[str]):
     default = None
     if preset is not None:
         p = run_preset(preset)
-        if stage == "rl":
-            default = p.rl
-        else:
-            default = SFTConfig(
-                dataset=tyro.MISSING,
-                policy=p.policy,
-                steps=p.sft_steps,
-                batch_size=p.sft_batch,
-                lr=p.sft_lr,
-                final_lr=p.sft_lr / 10,
-            )
+        default = p.rl if stage == "rl" else p.sft(tyro.MISSING)
     elif config is not None:
         default = read_run_config(config, cls, stage)
     description = (cls.__doc__ or "").strip() + "\n" + _DEFAULTS_HELP.format(stage=stage)

@@ -21,7 +21,7 @@ from z1.evaluate import EvalConfig, EvalResult, evaluate, markdown_table
 from z1.fsutil import write_json_atomic
 from z1.presets import RunPreset, quick, run_preset
 from z1.train.rl import run_rl
-from z1.train.sft import SFTConfig, run_sft
+from z1.train.sft import run_sft
 
 
 @dataclass(frozen=True)
@@ -186,14 +186,9 @@ def run_demo(cfg: DemoConfig) -> Path:
         # and takes 2 threads; GRPO's learner takes --threads beside its env workers.
         torch.set_num_threads(2)
         run_sft(
-            SFTConfig(
-                dataset=str(dataset),
+            p.sft(
+                str(dataset),
                 out=str(run),
-                policy=p.policy,
-                steps=p.sft_steps,
-                batch_size=p.sft_batch,
-                lr=p.sft_lr,
-                final_lr=p.sft_lr / 10,
                 threads=2,
                 seed=cfg.seed,
                 ckpt_every=max(1, p.sft_steps),

@@ -18,6 +18,7 @@ registry: z1.config.POLICY_PRESETS.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from z1.config import lookup
 from z1.rl.grpo import GRPOConfig
@@ -26,6 +27,7 @@ from z1.rl.reward import RewardConfig
 from z1.rl.task_sampling import TaskSamplingConfig
 from z1.rollout.collector import RolloutConfig
 from z1.train.rl import RLConfig
+from z1.train.sft import SFTConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,17 @@ class RunPreset:
     by +20.5 points on mw-quick (bench/results/sft_mw-quick.md, conv16-lr vs conv16)."""
     eval_episodes: int = 30
     """ODE episodes per task of the demo's SFT and final evaluations (same seeds, so deltas are paired)."""
+
+    def sft(self, dataset: Any, **overrides: Any) -> SFTConfig:
+        """The preset's SFT recipe (`z1 sft --preset`, the demo's SFT stage), other fields as given."""
+        recipe = dict(
+            policy=self.policy,
+            steps=self.sft_steps,
+            batch_size=self.sft_batch,
+            lr=self.sft_lr,
+            final_lr=self.sft_lr / 10,
+        )
+        return SFTConfig(dataset=dataset, **{**recipe, **overrides})
 
 
 _RL: dict[str, RLConfig] = {
