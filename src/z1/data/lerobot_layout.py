@@ -52,7 +52,7 @@ def _read_v3(root: Path, info: dict[str, Any], info_path: Path) -> Layout:
     tasks = _task_list(tt.column(name_col).to_pylist(), tt.column("task_index").to_pylist(), tpath)
     ep_files = sorted((meta / "episodes").glob("chunk-*/file-*.parquet"))
     if not ep_files:
-        raise DatasetError(f"{meta / 'episodes'}: no episode metadata files (chunk-XXX/file-YYY.parquet)")
+        raise DatasetError(f"{meta / 'episodes'}: no episode metadata files (chunk-<c>/file-<f>.parquet)")
     need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
     eps = pa.concat_tables([read_parquet(f) for f in ep_files], promote_options="default")
     for c in need:

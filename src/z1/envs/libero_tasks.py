@@ -220,7 +220,11 @@ def load_init_states(task: LiberoTask) -> np.ndarray:
     """
     import torch
 
-    states = torch.load(task.init_states_file, weights_only=False)
+    # The files are pickled numpy arrays: allow exactly the numpy globals an array needs, nothing that runs
+    # code (weights_only stays on).
+    allowed = [np.core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.float64))]
+    with torch.serialization.safe_globals(allowed):
+        states = torch.load(task.init_states_file, weights_only=True)
     arr = np.asarray(states, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise EnvError(f"libero: {task.init_states_file} holds shape {arr.shape}, expected (n>0, state)")
